@@ -1,0 +1,52 @@
+"""VLM efficiency methods, side by side: the app's entry point. It only composes.
+
+    python app.py                       serve the web UI (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
+    python app.py compare --image PATH --prompt TEXT [--methods a,b] [--keep R] [--json]   headless run
+    python app.py train-tiny [--out DIR] [--seed N]                     train the built-in model
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Before torch is imported: OpenMP threads that spin while waiting make a shared 2-core box 10x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def serve() -> None:
+    from backends.pools import make_pool
+    from backends.settings import Settings
+    from ui.demo import build_demo
+
+    settings = Settings.from_env()
+    pool = make_pool(settings)
+    demo = build_demo(pool, settings)
+    demo.queue(default_concurrency_limit=pool.workers).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        max_file_size=f"{settings.max_upload_mb:g}mb",
+    )
+
+
+def main(argv: list[str]) -> int:
+    cmd, rest = (argv[0], argv[1:]) if argv else ("serve", [])
+    if cmd == "serve":
+        serve()
+        return 0
+    if cmd == "compare":
+        from backends.cli import compare_main
+
+        return compare_main(rest)
+    if cmd == "train-tiny":
+        from backends.tiny.train import main as train_main
+
+        return train_main(rest) or 0
+    print(f"error: unknown command {cmd!r}; use serve, compare or train-tiny", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

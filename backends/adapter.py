@@ -1,0 +1,110 @@
+"""Model adapters: the named seams of a LLaVA-architecture model that methods and the runner use.
+
+A method never checks a model's class name; it asks the adapter for the vision tower, the projector, the
+decoder layers, the rotary embedding, where the image tokens sit and the patch grid of each image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+@dataclass
+class LlavaAdapter:
+    """Seams of `LlavaForConditionalGeneration` (LLaVA-1.5 and the built-in model) in transformers 5.24."""
+
+    model: torch.nn.Module
+    processor: object
+
+    def __post_init__(self) -> None:
+        cfg = self.model.config
+        if getattr(cfg, "model_type", "") != "llava":
+            raise UnsupportedModel(f"model type {getattr(cfg, 'model_type', '?')!r} is not supported yet (LLaVA only)")
+        self.text_config = cfg.text_config
+        self.vision_config = cfg.vision_config
+        self.image_token_id = int(cfg.image_token_id)
+        self.feature_layer = cfg.vision_feature_layer
+        self.select_strategy = cfg.vision_feature_select_strategy
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        self.grid = (side, side)  # patch rows, cols of one image (LLaVA-1.5: 24x24; built-in: 8x8)
+        # CLIP puts a CLS token first; the "default" strategy drops it before the projector.
+        self.num_prefix_tokens = 1 if self.select_strategy == "default" else 0
+
+    # ---- seams -------------------------------------------------------------------------------------
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def vision_layers(self) -> torch.nn.ModuleList:
+        return self.model.model.vision_tower.encoder.layers
+
+    @property
+    def projector(self) -> torch.nn.Module:
+        return self.model.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.model.model.language_model.layers
+
+    @property
+    def rotary_emb(self) -> torch.nn.Module:
+        return self.model.model.language_model.rotary_emb
+
+    @property
+    def embed_tokens(self) -> torch.nn.Module:
+        return self.model.model.language_model.embed_tokens
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.lm_head
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(self.text_config._attn_implementation)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    # ---- operations --------------------------------------------------------------------------------
+    def prompt(self, question: str, n_images: int) -> str:
+        """The model's own chat template with one image entry per frame."""
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def preprocess(self, frames: list, question: str) -> dict[str, torch.Tensor]:
+        """Processor call: `input_ids` [1, L] with N image tokens per frame, `pixel_values` [F, 3, H, W]."""
+        text = self.prompt(question, len(frames))
+        return self.processor(images=frames, text=text, return_tensors="pt")
+
+    def vision_hidden(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tower states at the layer LLaVA reads, prefix (CLS) dropped: [F, N, vision_hidden]."""
+        out = self.vision_tower(pixel_values, output_hidden_states=True)
+        h = out.hidden_states[self.feature_layer]
+        return h[:, self.num_prefix_tokens:]
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Projector: [..., vision_hidden] -> [..., lm_hidden]."""
+        return self.projector(hidden)
+
+    def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Indices of image tokens in `input_ids` [1, L]: LongTensor [F * N], frames in order."""
+        return (input_ids[0] == self.image_token_id).nonzero().flatten()
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.norm(hidden)
+
+
+def adapter_for(model: torch.nn.Module, processor: object) -> LlavaAdapter:
+    return LlavaAdapter(model, processor)

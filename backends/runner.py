@@ -1,0 +1,168 @@
+"""The runner: executes one `RunRequest` on a loaded model and measures it honestly.
+
+Stages, each timed with the device synchronised before the clock is read:
+  preprocess (processor) -> vision (tower, method's pre-LLM reduction, projector)
+  -> prefill (LLM over the prompt, first token) -> decode (greedy loop, one token per step).
+`warmup` untimed runs come first; timings are the median of `repeats` timed runs. Decoding is a manual
+greedy loop with explicit position ids, so it continues from the original prompt length whatever the
+method did to the sequence or to the per-layer cache lengths (`generate()` would re-derive them wrongly).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict
+
+import torch
+from transformers import DynamicCache
+
+from backends import media
+from backends.measure import cache_bytes, clock, peak_memory
+from backends.models import LoadedModel
+from backends.settings import Settings
+from backends.state import FrameTokens, RunState
+from backends.types import Memory, RunRequest, RunResult, Timings, VisualTokens
+from methods import registry
+
+
+def build_sequence(state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Splice the (possibly reduced) visual tokens into the text embeddings.
+
+    Returns inputs_embeds [1, L', D] and position_ids [1, L']. Positions are contiguous ("reindex") or keep
+    each token's original slot ("original"); generation continues from `state.next_position` either way.
+    """
+    ad = state.adapter
+    ids = state.input_ids[0]
+    text = ad.embed_tokens(state.input_ids)[0]  # [L, D]
+    slots = ad.image_positions(state.input_ids)
+    n = ad.tokens_per_image
+    feats = ad.project(torch.cat([f.hidden for f in state.frames])).to(text.dtype)  # [V, D]
+    pieces, pos, vis, cursor, off, length = [], [], [], 0, 0, 0
+    for f, frame in enumerate(state.frames):
+        first = int(slots[f * n])  # each frame's N placeholders are contiguous
+        k = frame.hidden.shape[0]
+        pieces += [text[cursor:first], feats[off:off + k]]
+        pos += [torch.arange(cursor, first), first + frame.index.to(torch.long)]
+        length += first - cursor
+        vis.append(torch.arange(length, length + k))
+        length += k
+        off += k
+        cursor = first + n
+    pieces.append(text[cursor:])
+    pos.append(torch.arange(cursor, ids.shape[0]))
+    embeds = torch.cat(pieces)[None]
+    if state.positions == "original":
+        position_ids = torch.cat(pos)[None]
+        state.next_position = int(ids.shape[0])
+    else:
+        position_ids = torch.arange(embeds.shape[1])[None]
+        state.next_position = int(embeds.shape[1])
+    state.visual_slots = torch.cat(vis)
+    state.seq_len = int(embeds.shape[1])
+    return embeds, position_ids.to(embeds.device)
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    eos = lm.model.generation_config.eos_token_id
+    if eos is None:
+        eos = lm.processor.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def _once(lm: LoadedModel, method, frames: list, prompt: str, max_new: int, seed: int) -> dict:
+    """One full run. Returns the answer, token ids, stage times (s), memory and the final state."""
+    ad, dev = lm.adapter, lm.device
+    eos = _eos_ids(lm)
+    torch.manual_seed(seed)
+    with peak_memory(dev) as peak, torch.inference_mode():
+        t0 = clock(dev)
+        inputs = ad.preprocess(frames, prompt)
+        t1 = clock(dev)
+        pv = inputs["pixel_values"].to(dev, lm.dtype if lm.dtype.is_floating_point else None)
+        state = RunState(ad, inputs["input_ids"].to(dev), pv, prompt, seed=seed)
+        with method.apply(state):
+            hidden = ad.vision_hidden(pv)  # [F, N, Dv]
+            state.frames = [FrameTokens.full(h) for h in hidden]
+            method.reduce(state)
+            embeds, position_ids = build_sequence(state)
+            t2 = clock(dev)
+            cache = DynamicCache(config=ad.text_config)
+            mask = torch.ones(1, embeds.shape[1], dtype=torch.long, device=dev)  # explicit: gapped positions
+            out = ad.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                    cache=cache, use_cache=True)
+            tok = int(ad.lm_head(out.last_hidden_state[:, -1]).argmax(-1))
+            t3 = clock(dev)
+            kv_prefill = cache_bytes(cache)
+            tokens, nxt = [tok], state.next_position
+            while len(tokens) < max_new and tok not in eos:
+                emb = ad.embed_tokens(torch.tensor([[tok]], device=dev))
+                out = ad.language_model(inputs_embeds=emb, position_ids=torch.tensor([[nxt]], device=dev),
+                                        cache=cache, use_cache=True)
+                tok = int(ad.lm_head(out.last_hidden_state[:, -1]).argmax(-1))
+                tokens.append(tok)
+                nxt += 1
+            t4 = clock(dev)
+            kv_end = cache_bytes(cache)
+    answer_ids = [t for t in tokens if t not in eos]
+    return {"tokens": tokens, "answer": lm.processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+            "times": (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), "peak": peak, "kv": (kv_prefill, kv_end),
+            "state": state}
+
+
+def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | None = None) -> RunResult:
+    """Run one request. Bad input raises `RequestError`; callers turn other exceptions into `ok: false`."""
+    method = registry.build(req.method)
+    prompt = media.check_prompt(req.prompt, settings)
+    frames = frames if frames is not None else media.frames_of(req.media, settings)
+    gen = req.generation
+    seed = int(getattr(method, "seed", 0))
+    started = time.time()
+    for _ in range(gen.warmup):
+        _once(lm, method, frames, prompt, min(2, gen.max_new_tokens), seed)
+    runs = [_once(lm, method, frames, prompt, gen.max_new_tokens, seed) for _ in range(gen.repeats)]
+    last, state = runs[-1], runs[-1]["state"]
+    if any(r["tokens"] != last["tokens"] for r in runs):
+        raise RuntimeError("repeated runs gave different tokens: the run is not deterministic")
+    med = [statistics.median(r["times"][i] * 1000 for r in runs) for i in range(5)]
+    n_out = len(last["tokens"])
+    timings = Timings(preprocess=med[0], vision=med[1], prefill=med[2], ttft=med[0] + med[1] + med[2],
+                      decode=med[3], per_token=med[3] / max(1, n_out - 1), total=med[4])
+    n_layers = len(lm.adapter.layers)
+    per_layer = state.per_layer or [state.visual_kept] * n_layers
+    peak = max(r["peak"].bytes for r in runs)
+    return RunResult(
+        method=method.name, params=method.params(), ok=True, answer=last["answer"], output_tokens=n_out,
+        output_ids=list(last["tokens"]),
+        visual_tokens=VisualTokens(input=state.visual_in, kept=state.visual_kept, per_layer=per_layer,
+                                   effective=sum(per_layer) / len(per_layer)),
+        timings_ms=timings,
+        memory=Memory(peak_bytes=peak, peak_kind=last["peak"].kind, kv_cache_bytes=last["kv"][1],
+                      kv_cache_bytes_prefill=last["kv"][0]),
+        kept_map=state.kept_maps(),
+        stage_maps=[[m.reshape(state.grid).tolist() for m in stage] for stage in state.stage_maps],
+        info={"positions": state.positions, "seq_len": state.seq_len, **state.info},
+        measurement=measurement(lm, gen, started),
+        index=req.index,
+    )
+
+
+def measurement(lm: LoadedModel, gen, started: float) -> dict:
+    """How the numbers were taken, attached to every result."""
+    import transformers
+
+    dev = lm.device
+    return {
+        "warmup_runs": gen.warmup, "timed_runs": gen.repeats, "statistic": "median",
+        "sync": "torch.cuda.synchronize before every clock read" if dev.type == "cuda" else "none needed (CPU)",
+        "clock": "time.perf_counter", "decoding": "greedy, batch 1, manual KV-cache loop",
+        "attn_implementation": lm.adapter.attn_implementation, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "started_unix": round(started, 3),
+    }
+
+
+def result_dict(r: RunResult) -> dict:
+    return asdict(r)

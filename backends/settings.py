@@ -1,0 +1,71 @@
+"""Deployment settings, read once from the environment (no torch import: the UI reads them too).
+
+| variable | default | meaning |
+| --- | --- | --- |
+| `VLM_MODEL` | `builtin` | model the app serves first: `builtin` or a Hugging Face id |
+| `VLM_ALLOWED_MODELS` | (empty) | comma list of extra Hugging Face ids the UI may offer |
+| `VLM_TRUST_REMOTE_CODE` | (empty) | comma list of ids allowed to run hub code (never by default) |
+| `VLM_QUANTIZE` | (empty) | `8bit` or `4bit` (bitsandbytes) for hub models |
+| `VLM_DTYPE` | `auto` | `float32`, `bfloat16`, `float16`; auto = bf16 on CUDA, fp32 on CPU |
+| `VLM_THREADS` | `1` | torch threads per worker (the web server and Redis need the other core) |
+| `VLM_MAX_UPLOAD_MB` | `20` | largest accepted upload |
+| `VLM_MAX_IMAGE_PIXELS` | `40000000` | largest accepted image (width x height) |
+| `VLM_MAX_VIDEO_SECONDS` | `120` | longest accepted video |
+| `VLM_FRAMES` | `8` | frames sampled from a video |
+| `VLM_MAX_PROMPT_CHARS` | `2000` | longest accepted prompt |
+| `VLM_JOB_TIMEOUT` | `600` | seconds one run may take on a worker |
+| `REDIS_URL` | (empty) | if set, runs go to Redis workers instead of the in-process pool |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_DIR = ROOT / "assets" / "tiny-llava-shapes"
+BUILTIN = "builtin"
+
+
+def _list(name: str) -> list[str]:
+    return [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
+
+
+@dataclass
+class Settings:
+    model: str = BUILTIN
+    allowed_models: list[str] = field(default_factory=list)
+    trust_remote_code: list[str] = field(default_factory=list)
+    quantize: str = ""
+    dtype: str = "auto"
+    threads: int = 1
+    max_upload_mb: float = 20.0
+    max_image_pixels: int = 40_000_000
+    max_video_seconds: float = 120.0
+    frames: int = 8
+    max_prompt_chars: int = 2000
+    job_timeout: int = 600
+    redis_url: str = ""
+
+    @staticmethod
+    def from_env() -> Settings:
+        e = os.environ.get
+        return Settings(
+            model=e("VLM_MODEL", BUILTIN), allowed_models=_list("VLM_ALLOWED_MODELS"),
+            trust_remote_code=_list("VLM_TRUST_REMOTE_CODE"), quantize=e("VLM_QUANTIZE", ""),
+            dtype=e("VLM_DTYPE", "auto"), threads=int(e("VLM_THREADS", "1")),
+            max_upload_mb=float(e("VLM_MAX_UPLOAD_MB", "20")),
+            max_image_pixels=int(e("VLM_MAX_IMAGE_PIXELS", "40000000")),
+            max_video_seconds=float(e("VLM_MAX_VIDEO_SECONDS", "120")), frames=int(e("VLM_FRAMES", "8")),
+            max_prompt_chars=int(e("VLM_MAX_PROMPT_CHARS", "2000")), job_timeout=int(e("VLM_JOB_TIMEOUT", "600")),
+            redis_url=e("REDIS_URL", ""),
+        )
+
+    def models(self) -> list[str]:
+        """Models a user may pick: the built-in one always, then the deployment's."""
+        out = [BUILTIN]
+        for m in [self.model, *self.allowed_models]:
+            if m not in out:
+                out.append(m)
+        return out

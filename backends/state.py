@@ -1,0 +1,79 @@
+"""The working state of one run, shared by the runner and the method applied to it.
+
+The runner fills it stage by stage (vision states, then the LLM sequence); a method edits it at its seam:
+a pre-LLM method replaces `frames[i]` (fewer or merged tokens), an in-LLM method records per-layer counts
+and stage maps. Everything a result reports about the visual tokens is derived from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from backends.adapter import LlavaAdapter
+
+Positions = Literal["reindex", "original"]
+
+
+@dataclass
+class FrameTokens:
+    """The visual tokens of one image/frame on their way to the LLM.
+
+    hidden:  [n, D_vision] vision states (before the projector) of the n tokens that will enter the LLM
+    sources: [n, N] weight of each original patch (raster order over the rows x cols grid) in each token;
+             a kept patch is a one-hot row, a merged token spreads its weight over the patches it absorbed
+    index:   [n] the original patch index each token stands for (its RoPE slot when positions are "original")
+    """
+
+    hidden: torch.Tensor
+    sources: torch.Tensor
+    index: torch.Tensor
+
+    @staticmethod
+    def full(hidden: torch.Tensor) -> FrameTokens:
+        n = hidden.shape[0]
+        return FrameTokens(hidden, torch.eye(n, dtype=torch.float32), torch.arange(n))
+
+    def select(self, keep: torch.Tensor) -> FrameTokens:
+        """Keep tokens `keep` (LongTensor of row indices, in the order they should enter the LLM)."""
+        return FrameTokens(self.hidden[keep], self.sources[keep], self.index[keep])
+
+    def kept_map(self) -> torch.Tensor:
+        """[N] share of each patch that reaches the LLM, in 0..1."""
+        return self.sources.sum(0).clamp(0, 1)
+
+
+@dataclass
+class RunState:
+    adapter: LlavaAdapter
+    input_ids: torch.Tensor  # [1, L] as the processor made it (N image tokens per frame)
+    pixel_values: torch.Tensor  # [F, 3, H, W]
+    prompt_text: str
+    seed: int = 0
+    frames: list[FrameTokens] = field(default_factory=list)
+    positions: Positions = "reindex"  # RoPE positions of kept visual tokens: contiguous, or their original slots
+    per_layer: list[int] | None = None  # visual tokens per decoder layer (None: every layer sees all kept ones)
+    stage_maps: list[list[torch.Tensor]] = field(default_factory=list)  # per stage: per frame [N] weights
+    info: dict[str, Any] = field(default_factory=dict)
+    # Filled by the runner when it builds the LLM sequence:
+    visual_slots: torch.Tensor | None = None  # [V] sequence indices of the visual tokens entering the LLM
+    seq_len: int = 0  # LLM prompt length after reduction
+    next_position: int = 0  # position id of the first generated token
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.adapter.grid
+
+    @property
+    def visual_in(self) -> int:
+        return self.pixel_values.shape[0] * self.adapter.tokens_per_image
+
+    @property
+    def visual_kept(self) -> int:
+        return sum(f.hidden.shape[0] for f in self.frames)
+
+    def kept_maps(self) -> list[list[list[float]]]:
+        rows, cols = self.grid
+        return [f.kept_map().reshape(rows, cols).tolist() for f in self.frames]

@@ -1,0 +1,1 @@
+"""Efficiency methods: one file each, registered by name (see `methods.registry`)."""

@@ -1,0 +1,122 @@
+"""The one registry of methods: the CLI's --methods/--keep/--set, the UI's controls, the docs table and
+the test matrix all read it.
+
+    build(MethodSpec("prumerge", {"keep": 0.25}))   -> a validated PruMerge instance
+    catalog()                                        -> JSON-serialisable description for the UI
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import typing
+from dataclasses import MISSING, fields
+
+from backends.types import MethodSpec, RequestError
+
+_REGISTRY: dict[str, type] = {}
+_LOADED = False
+
+
+def register(cls: type) -> type:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    """Import every module in this package once, so each method file registers itself."""
+    global _LOADED
+    if _LOADED:
+        return
+    import methods
+
+    for mod in pkgutil.iter_modules(methods.__path__):
+        if mod.name not in ("base", "registry") and not mod.name.startswith("_"):
+            importlib.import_module(f"methods.{mod.name}")
+    _LOADED = True
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY, key=lambda n: (n != "baseline", list(_STAGE_ORDER).index(_REGISTRY[n].stage), n))
+
+
+_STAGE_ORDER = ("baseline", "before_llm", "in_llm", "kv_cache")
+
+
+def get(name: str) -> type:
+    _load_all()
+    if name not in _REGISTRY:
+        raise RequestError(f"unknown method {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def _coerce(method: str, field: str, kind: typing.Any, value: typing.Any) -> typing.Any:
+    """Turn a CLI/UI value into the field's declared type, or refuse it clearly."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        if origin is typing.Literal:
+            if value not in typing.get_args(kind):
+                raise ValueError
+            return value
+        if kind is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    allowed = f" (one of {typing.get_args(kind)})" if origin is typing.Literal else ""
+    raise RequestError(f"{method}: bad value {value!r} for {field}{allowed}")
+
+
+def build(spec: MethodSpec, keep: float | None = None):
+    """Instantiate and validate a method. `keep` (if given) sets the budget of budgeted methods unless the
+    spec's params set it explicitly."""
+    cls = get(spec.name)
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(spec.params) - known
+    if unknown:
+        raise RequestError(f"{spec.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(known) or 'none'}")
+    kwargs = {k: _coerce(spec.name, k, hints[k], v) for k, v in spec.params.items()}
+    if keep is not None and cls.budget_field and cls.budget_field not in kwargs:
+        kwargs[cls.budget_field] = _coerce(spec.name, cls.budget_field, float, keep)
+    return cls(**kwargs)
+
+
+def _type_name(kind: typing.Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "choice"
+    return getattr(kind, "__name__", str(kind))
+
+
+def catalog() -> list[dict]:
+    """Every method with its paper facts and fields (name, type, default, choices): what the UI renders."""
+    out = []
+    for n in names():
+        cls = _REGISTRY[n]
+        hints = typing.get_type_hints(cls)
+        params = []
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            choices = list(typing.get_args(hints[f.name])) if typing.get_origin(hints[f.name]) is typing.Literal else []
+            params.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "choices": choices})
+        out.append({"name": n, "stage": cls.stage, "paper": cls.paper, "summary": cls.summary, "needs": cls.needs,
+                    "fidelity": cls.fidelity, "budget_field": cls.budget_field, "params": params})
+    return out

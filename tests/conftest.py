@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny random LLaVA built from the built-in model's config (no hub), example media.
+
+The random model's text weights are scaled up so its greedy output varies with the input (with the
+default init a random LM repeats one token, and every method would trivially "agree").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scene(path, cells=((0, 0, "red", "circle"), (2, 1, "blue", "square")), size=160):
+    """Draw a small test scene: (row, col, colour, shape) per object on a 3x3 grid."""
+    rgb = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 210, 40)}
+    img = Image.new("RGB", (size, size), (235, 235, 235))
+    d, c = ImageDraw.Draw(img), size // 3
+    for r, col, colour, shape in cells:
+        box = (col * c + 8, r * c + 8, col * c + c - 8, r * c + c - 8)
+        if shape == "circle":
+            d.ellipse(box, fill=rgb[colour])
+        elif shape == "square":
+            d.rectangle(box, fill=rgb[colour])
+        else:
+            d.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=rgb[colour])
+    img.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory) -> str:
+    from backends.tiny.arch import build_model, build_processor, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model(tok, seed=0)
+    with torch.no_grad():  # larger LM weights: varied greedy tokens (see module docstring)
+        for p in model.model.language_model.parameters():
+            if p.ndim == 2:
+                p.mul_(8)
+    d = tmp_path_factory.mktemp("random-tiny-llava")
+    model.save_pretrained(d)
+    build_processor(tok).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def random_model(random_model_dir):
+    from backends.models import load_model
+    from backends.settings import Settings
+
+    return load_model(random_model_dir, Settings())
+
+
+@pytest.fixture(scope="session")
+def scene_png(tmp_path_factory) -> str:
+    return str(scene(tmp_path_factory.mktemp("img") / "scene.png"))
