@@ -88,11 +88,37 @@ class LlavaAdapter:
         text = self.prompt(question, len(frames))
         return self.processor(images=frames, text=text, return_tensors="pt")
 
+    @property
+    def feature_depth(self) -> int:
+        """How many vision layers run before the features LLaVA reads (hidden_states[i] = output of layer i-1)."""
+        return self.feature_layer % (len(self.vision_layers) + 1)
+
+    def vision_forward(self, pixel_values: torch.Tensor, stop: int | None = None) -> list[torch.Tensor]:
+        """Run the tower up to the feature layer (or to layer `stop`, exclusive). Returns states[i] = input of
+        layer i, [F, prefix + N, Dv]; states[-1] is the output LLaVA projects. Later layers are skipped: their
+        output is never used."""
+        tower = self.vision_tower
+        h = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        states = [h]
+        for layer in self.vision_layers[: self.feature_depth if stop is None else stop]:
+            h = layer(h, None)
+            states.append(h)
+        return states
+
     def vision_hidden(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision tower states at the layer LLaVA reads, prefix (CLS) dropped: [F, N, vision_hidden]."""
-        out = self.vision_tower(pixel_values, output_hidden_states=True)
-        h = out.hidden_states[self.feature_layer]
-        return h[:, self.num_prefix_tokens:]
+        """Vision states at the layer LLaVA reads, prefix (CLS) dropped: [F, N, Dv]."""
+        return self.vision_forward(pixel_values)[-1][:, self.num_prefix_tokens:]
+
+    def vision_qk(self, layer: int, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys that vision layer `layer` computes from its input `states` [F, T, Dv]:
+        two [F, T, Dv] tensors (heads not split). Recomputed here so the tower keeps its fast kernel."""
+        mod = self.vision_layers[layer]
+        x = mod.layer_norm1(states)
+        return mod.self_attn.q_proj(x), mod.self_attn.k_proj(x)
+
+    @property
+    def vision_heads(self) -> int:
+        return int(self.vision_config.num_attention_heads)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projector: [..., vision_hidden] -> [..., lm_hidden]."""

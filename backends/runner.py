@@ -21,7 +21,7 @@ from backends import media
 from backends.measure import cache_bytes, clock, peak_memory
 from backends.models import LoadedModel
 from backends.settings import Settings
-from backends.state import FrameTokens, RunState
+from backends.state import RunState
 from backends.types import Memory, RunRequest, RunResult, Timings, VisualTokens
 from methods import registry
 
@@ -82,8 +82,7 @@ def _once(lm: LoadedModel, method, frames: list, prompt: str, max_new: int, seed
         pv = inputs["pixel_values"].to(dev, lm.dtype if lm.dtype.is_floating_point else None)
         state = RunState(ad, inputs["input_ids"].to(dev), pv, prompt, seed=seed)
         with method.apply(state):
-            hidden = ad.vision_hidden(pv)  # [F, N, Dv]
-            state.frames = [FrameTokens.full(h) for h in hidden]
+            method.encode(state)
             method.reduce(state)
             embeds, position_ids = build_sequence(state)
             t2 = clock(dev)

@@ -22,8 +22,9 @@ class FrameTokens:
     """The visual tokens of one image/frame on their way to the LLM.
 
     hidden:  [n, D_vision] vision states (before the projector) of the n tokens that will enter the LLM
-    sources: [n, N] weight of each original patch (raster order over the rows x cols grid) in each token;
-             a kept patch is a one-hot row, a merged token spreads its weight over the patches it absorbed
+    sources: [n, N] (CPU) coefficient of each original patch (raster order over the rows x cols grid) in
+             each token: a kept patch is a one-hot row, a merged or pooled token spreads its weight over the
+             patches it absorbed
     index:   [n] the original patch index each token stands for (its RoPE slot when positions are "original")
     """
 
@@ -38,7 +39,8 @@ class FrameTokens:
 
     def select(self, keep: torch.Tensor) -> FrameTokens:
         """Keep tokens `keep` (LongTensor of row indices, in the order they should enter the LLM)."""
-        return FrameTokens(self.hidden[keep], self.sources[keep], self.index[keep])
+        cpu = keep.cpu()  # sources and index stay on the CPU (bookkeeping); hidden stays on the model's device
+        return FrameTokens(self.hidden[keep.to(self.hidden.device)], self.sources[cpu], self.index[cpu])
 
     def kept_map(self) -> torch.Tensor:
         """[N] share of each patch that reaches the LLM, in 0..1."""
@@ -57,10 +59,17 @@ class RunState:
     per_layer: list[int] | None = None  # visual tokens per decoder layer (None: every layer sees all kept ones)
     stage_maps: list[list[torch.Tensor]] = field(default_factory=list)  # per stage: per frame [N] weights
     info: dict[str, Any] = field(default_factory=dict)
+    vision_states: list[torch.Tensor] = field(default_factory=list)  # [i] = input of vision layer i, [F, T, Dv]
     # Filled by the runner when it builds the LLM sequence:
     visual_slots: torch.Tensor | None = None  # [V] sequence indices of the visual tokens entering the LLM
     seq_len: int = 0  # LLM prompt length after reduction
     next_position: int = 0  # position id of the first generated token
+
+    def encode_vision(self) -> None:
+        """Default vision stage: run the tower to the feature layer, one `FrameTokens` per frame, all kept."""
+        self.vision_states = self.adapter.vision_forward(self.pixel_values)
+        hidden = self.vision_states[-1][:, self.adapter.num_prefix_tokens:]
+        self.frames = [FrameTokens.full(h) for h in hidden]
 
     @property
     def grid(self) -> tuple[int, int]:

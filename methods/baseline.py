@@ -16,3 +16,4 @@ class Baseline(Method):
     paper = "-"
     summary = "The unmodified model: all visual tokens reach every decoder layer."
     needs = "nothing"
+    rope = "original (nothing removed)"

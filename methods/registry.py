@@ -118,5 +118,18 @@ def catalog() -> list[dict]:
             choices = list(typing.get_args(hints[f.name])) if typing.get_origin(hints[f.name]) is typing.Literal else []
             params.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "choices": choices})
         out.append({"name": n, "stage": cls.stage, "paper": cls.paper, "summary": cls.summary, "needs": cls.needs,
-                    "fidelity": cls.fidelity, "budget_field": cls.budget_field, "params": params})
+                    "fidelity": cls.fidelity, "rope": cls.rope, "budget_field": cls.budget_field, "params": params})
     return out
+
+
+def docs_table() -> str:
+    """The README's method table, generated from the registry (a test keeps the README in sync)."""
+    stage = {"baseline": "-", "before_llm": "before the LLM", "in_llm": "inside the LLM",
+             "kv_cache": "KV cache / decode"}
+    rows = ["| method | paper | stage | needs | defaults | kept tokens' positions | fidelity |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for e in catalog():
+        defaults = ", ".join(f"{p['name']}={p['default']}" for p in e["params"]) or "-"
+        rows.append(f"| `{e['name']}` | {e['paper']} | {stage[e['stage']]} | {e['needs']} | {defaults} | "
+                    f"{e['rope']} | {e['fidelity']} |")
+    return "\n".join(rows)

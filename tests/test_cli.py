@@ -86,3 +86,18 @@ def test_bad_input_in_process(case, tmp_path, scene_png, capsys, monkeypatch):
     assert main(["compare", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and words in err and "\n" not in err
+
+
+def test_compare_pre_llm_methods_at_a_budget(random_model_dir, scene_png):
+    names = "baseline,random,downsample,prumerge,prumerge_plus,folder,sparsevila,dynamic_vlm"
+    p = cli("compare", "--image", scene_png, "--prompt", "how many shapes are there?", "--model", random_model_dir,
+            "--methods", names, "--keep", "0.25", "--set", "random.seed=3", "--max-new-tokens", "3", "--json")
+    assert p.returncode == 0, p.stderr
+    runs = {r["method"]: r for r in json.loads(p.stdout)["runs"]}
+    assert list(runs) == names.split(",") and all(r["ok"] for r in runs.values())
+    assert runs["random"]["params"] == {"keep": 0.25, "seed": 3, "positions": "reindex"}
+    assert runs["sparsevila"]["params"] == {"keep": 0.25}  # --keep overrides the paper default 0.4
+    for name in ("random", "downsample", "folder", "sparsevila", "dynamic_vlm"):
+        assert runs[name]["visual_tokens"]["kept"] == 16
+        shares = [v for row in runs[name]["kept_map"][0] for v in row]
+        assert min(shares) < 1.0 and abs(sum(shares) - 16) < 1e-4  # each kept token carries one patch of weight

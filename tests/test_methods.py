@@ -1,0 +1,109 @@
+"""Registry-wide invariants, one parametrised matrix over every registered method:
+keep-all reproduces the baseline token for token; kept counts follow each method's rule; hooks and patches
+are gone after the run; the same seed gives the same answer."""
+
+import math
+
+import pytest
+
+from backends import media, runner
+from backends.settings import Settings
+from backends.types import GenerationSettings, MethodSpec, RequestError, RunRequest
+from methods import registry
+
+S = Settings()
+N = 64  # visual tokens of the tiny models (8 x 8 patches)
+R = 0.25
+
+
+def run(lm, path, name, params=None, prompt="how many shapes are there?", tokens=8):
+    req = RunRequest(media.image_media(path, S), prompt, MethodSpec(name, params or {}),
+                     GenerationSettings(max_new_tokens=tokens, warmup=0))
+    return runner.run(req, lm, S)
+
+
+def model_is_clean(model) -> list[str]:
+    """Every hook, pre-hook or instance-level forward override left on any module."""
+    left = []
+    for name, mod in model.named_modules():
+        if mod._forward_hooks or mod._forward_pre_hooks or "forward" in mod.__dict__:
+            left.append(name or "<root>")
+    return left
+
+
+def expected_kept(name: str, res) -> int:
+    """The method's rule at keep = R, computed here independently of the method's own code."""
+    cls = registry.get(name)
+    if name == "baseline":
+        return N
+    if name == "dynamic_vlm":
+        return math.isqrt(round(R * N)) ** 2  # floor(sqrt(M))^2 per frame
+    if name in ("prumerge", "prumerge_plus"):
+        return res.info["selected"][0] + 1  # selection + the one token summarising the pruned ones
+    assert cls.budget_field, f"{name}: no counting rule known to the test matrix; add one"
+    return round(R * N)
+
+
+@pytest.fixture(scope="module")
+def baseline(random_model, scene_png):
+    return run(random_model, scene_png, "baseline")
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_keep_all_equals_baseline(name, random_model, scene_png, baseline):
+    res = run(random_model, scene_png, name, registry.get(name).keep_all_params())
+    assert res.ok and res.output_ids == baseline.output_ids
+    assert res.visual_tokens.kept == N and res.kept_map == baseline.kept_map
+    assert model_is_clean(random_model.model) == []
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_budget_rule_hooks_removed_and_deterministic(name, random_model, scene_png, baseline):
+    cls = registry.get(name)
+    params = {cls.budget_field: R} if cls.budget_field else {}
+    a = run(random_model, scene_png, name, params)
+    assert a.ok and a.visual_tokens.kept == expected_kept(name, a)
+    assert a.visual_tokens.input == N and len(a.kept_map) == 1 and len(a.kept_map[0]) == 8
+    assert model_is_clean(random_model.model) == []
+    b = run(random_model, scene_png, name, params)
+    assert b.output_ids == a.output_ids and b.kept_map == a.kept_map
+    # the model is untouched afterwards: the baseline still gives the same tokens
+    assert run(random_model, scene_png, "baseline").output_ids == baseline.output_ids
+    if name != "baseline":
+        shares = [v for row in a.kept_map[0] for v in row]
+        assert min(shares) < 1.0, "the kept map must show the selection"
+        assert all(0.0 <= v <= 1.0 for v in shares)
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_catalog_lists_paper_defaults(name):
+    entry = next(e for e in registry.catalog() if e["name"] == name)
+    assert entry["stage"] in ("baseline", "before_llm", "in_llm", "kv_cache") and entry["paper"]
+    for p in entry["params"]:
+        assert registry.build(MethodSpec(name, {p["name"]: p["default"]})).params()[p["name"]] == p["default"]
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(RequestError, match=r"random: keep must be in \(0, 1\]"):
+        registry.build(MethodSpec("random", {"keep": 0}))
+    with pytest.raises(RequestError, match="bad value 'lots' for keep"):
+        registry.build(MethodSpec("random", {"keep": "lots"}))
+    with pytest.raises(RequestError, match="one of"):
+        registry.build(MethodSpec("random", {"positions": "sideways"}))
+    with pytest.raises(RequestError, match="unknown parameter"):
+        registry.build(MethodSpec("folder", {"r": 3}))
+
+
+def test_random_seed_changes_selection(random_model, scene_png):
+    a = run(random_model, scene_png, "random", {"keep": R, "seed": 1})
+    b = run(random_model, scene_png, "random", {"keep": R, "seed": 2})
+    assert a.kept_map != b.kept_map and a.visual_tokens.kept == b.visual_tokens.kept == 16
+
+
+def test_readme_table_is_generated_from_the_registry():
+    from scripts.update_readme import README, render
+
+    text = README.read_text()
+    assert render(text) == text, "README's method table is stale: run python scripts/update_readme.py"
+    for name in registry.names():
+        assert f"| `{name}` |" in text
