@@ -128,8 +128,44 @@ class LlavaAdapter:
         """Indices of image tokens in `input_ids` [1, L]: LongTensor [F * N], frames in order."""
         return (input_ids[0] == self.image_token_id).nonzero().flatten()
 
+    @property
+    def head_dim(self) -> int:
+        tc = self.text_config
+        return int(getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
+
+    def llm_attention(self, layer: int, hidden: torch.Tensor, position_embeddings, queries: torch.Tensor,
+                      keys: torch.Tensor, rope: bool = True, causal: bool = False) -> torch.Tensor:
+        """Attention probabilities decoder layer `layer` would compute, recomputed from its own projections.
+
+        hidden: [1, T, D] the layer's input (before its input norm); position_embeddings: (cos, sin) [1, T, d];
+        queries, keys: LongTensors of sequence indices. Softmax over `keys` only (as FastV/FEATHER score), or,
+        with causal=True, over every key up to the query (the model's own attention) before picking `keys`.
+        rope=False scores without rotary (FEATHER). Returns [H, len(queries), len(keys)] in float32.
+        """
+        mod = self.layers[layer]
+        attn, d = mod.self_attn, self.head_dim
+        x = mod.input_layernorm(hidden)
+        kidx = torch.arange(hidden.shape[1], device=hidden.device) if causal else keys
+        q = attn.q_proj(x[:, queries]).view(1, len(queries), -1, d).transpose(1, 2)  # [1, H, q, d]
+        k = attn.k_proj(x[:, kidx]).view(1, len(kidx), -1, d).transpose(1, 2)  # [1, Hkv, k, d]
+        if rope:
+            cos, sin = position_embeddings
+            q = q * cos[:, queries].unsqueeze(1) + _rotate_half(q) * sin[:, queries].unsqueeze(1)
+            k = k * cos[:, kidx].unsqueeze(1) + _rotate_half(k) * sin[:, kidx].unsqueeze(1)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query attention
+        logits = (q @ k.transpose(-1, -2)).float()[0] * d**-0.5  # [H, q, k]
+        if causal:
+            logits = logits.masked_fill(kidx[None, None, :] > queries[None, :, None], float("-inf"))
+            return torch.softmax(logits, -1)[:, :, keys]
+        return torch.softmax(logits, -1)
+
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.language_model.norm(hidden)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
 
 
 def adapter_for(model: torch.nn.Module, processor: object) -> LlavaAdapter:

@@ -84,5 +84,7 @@ class RunState:
         return sum(f.hidden.shape[0] for f in self.frames)
 
     def kept_maps(self) -> list[list[list[float]]]:
+        """Per frame, the share of each patch that reaches the LLM's last layer (after the last in-LLM stage)."""
         rows, cols = self.grid
-        return [f.kept_map().reshape(rows, cols).tolist() for f in self.frames]
+        maps = self.stage_maps[-1] if self.stage_maps else [f.kept_map() for f in self.frames]
+        return [m.reshape(rows, cols).tolist() for m in maps]

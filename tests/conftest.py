@@ -55,7 +55,22 @@ def random_model_dir(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("random-tiny-llava")
     model.save_pretrained(d)
     build_processor(tok).save_pretrained(d)
+    _calibrate_shortv(str(d))
     return str(d)
+
+
+def _calibrate_shortv(model_dir: str) -> None:
+    """ShortV needs a per-model layer ranking; a small one (4 generated scenes) for the random model."""
+    import json
+
+    from backends import calibrate
+    from backends.models import load_model
+    from backends.settings import Settings
+    from methods.shortv import calibration_path
+
+    lc = calibrate.calibrate(load_model(model_dir, Settings()), calibrate._generated(4))
+    order = sorted(range(len(lc)), key=lambda i: (lc[i], i))
+    calibration_path(model_dir).write_text(json.dumps({"layers_by_contribution": order, "lc": lc}))
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +84,43 @@ def random_model(random_model_dir):
 @pytest.fixture(scope="session")
 def scene_png(tmp_path_factory) -> str:
     return str(scene(tmp_path_factory.mktemp("img") / "scene.png"))
+
+
+# --- Redis (issue 6: pools). A real redis-server on a free 127.0.0.1 port, no persistence, stopped after. ---
+class RedisServer:
+    def __init__(self):
+        import shutil
+        import subprocess
+        import time
+
+        import redis
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed (`make test` installs it: scripts/system-deps.sh)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()

@@ -1,0 +1,80 @@
+"""`meteor` (METEOR, ICCV 2025), stage 3: prompt-adaptive pruning at an LLM layer.
+
+METEOR prunes in three stages: inside each of several vision encoders (1), after fusing them (2) and in the
+LLM's decoding stage (3). Stages 1-2 are trained into its multi-encoder models, so only stage 3 applies to a
+single-encoder model, training-free. Stage 3 (paper; no code released): per head h, the visual attention
+mass VAV_h the prompt's text tokens pay to visual tokens; keep K = lambda * (mass of the top-k heads) tokens,
+ranked by the attention those heads pay them. The paper does not publish k, lambda or the layer; here
+K = round(lam x V x mean VAV of the top heads) (lam = 1: keep the share of attention the visual tokens get),
+scored at layer K-1 with the model's RoPE over the text tokens after the image, dropped from layer K on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from backends.state import RunState
+from backends.types import RequestError
+from methods._llm import PrefillDrop, scaled_layer, topk_rows
+from methods.base import Method
+from methods.registry import register
+
+
+def adaptive_keep(att: torch.Tensor, top_heads: float, lam: float) -> tuple[torch.Tensor, int, list[int]]:
+    """att: [H, Q, V] attention of Q text queries over V visual keys (rows are shares of all keys).
+
+    Returns token scores [V], the kept count K and the chosen heads.
+    """
+    mass = att.sum(-1).mean(-1)  # [H] share of attention the text pays to visual tokens
+    k = max(1, round(top_heads * att.shape[0]))
+    heads = mass.topk(k).indices
+    n = round(lam * att.shape[-1] * float(mass[heads].mean()))
+    return att[heads].sum((0, 1)), max(1, min(att.shape[-1], n)), sorted(heads.tolist())
+
+
+@register
+@dataclass
+class Meteor(Method):
+    name = "meteor"
+    stage = "in_llm"
+    paper = "METEOR (ICCV 2025), stage 3"
+    summary = ("Prompt-adaptive: keeps as many visual tokens as the most visual-minded heads' attention mass "
+               "says, ranked by those heads. Stages 1-2 need a multi-encoder model and are refused here.")
+    needs = "q/k of one decoder layer; stages 1-2 need a multi-encoder model"
+    fidelity = "stage 3 only, from the paper (no code; k, lambda and layer unpublished: our defaults)"
+    rope = "original (tokens keep their position ids)"
+    keep_all = {"lam": 1e6}
+
+    stages: Literal["3", "1-3"] = "3"
+    layer: int = -1  # -1: layer 8 of 32, scaled to this model
+    top_heads: float = 0.5  # share of heads with the most visual attention mass
+    lam: float = 1.0  # lambda: tokens kept per unit of visual attention mass (x V)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.top_heads <= 1 or self.lam <= 0:
+            raise RequestError(f"{self.name}: top_heads must be in (0, 1] and lam > 0")
+
+    @contextmanager
+    def apply(self, state: RunState) -> Iterator[None]:
+        if self.stages != "3":
+            raise RequestError("METEOR stages 1-2 prune inside and across several vision encoders and are trained "
+                               "into its multi-encoder models; this model has one vision encoder. Use stages=3.")
+        ad = state.adapter
+        k = scaled_layer(self.layer, 8, 32, len(ad.layers))
+
+        def select(stage, layer, hidden, pos, vis):
+            text = torch.arange(int(vis.max()) + 1, hidden.shape[1], device=vis.device)  # prompt after the image
+            att = ad.llm_attention(layer, hidden, pos, text, vis, rope=True, causal=True)  # [H, Q, V]
+            scores, n, heads = adaptive_keep(att, self.top_heads, self.lam)
+            state.info.update(adaptive_kept=n, heads=heads)
+            return topk_rows(scores, n)
+
+        state.info["layers"] = [k]
+        with PrefillDrop(state, [k], select).installed():
+            yield
