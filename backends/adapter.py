@@ -98,7 +98,9 @@ class LlavaAdapter:
         layer i, [F, prefix + N, Dv]; states[-1] is the output LLaVA projects. Later layers are skipped: their
         output is never used."""
         tower = self.vision_tower
-        h = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        h = tower.embeddings(pixel_values)
+        if hasattr(tower, "pre_layrnorm"):  # CLIP has one; SigLIP does not
+            h = tower.pre_layrnorm(h)
         states = [h]
         for layer in self.vision_layers[: self.feature_depth if stop is None else stop]:
             h = layer(h, None)

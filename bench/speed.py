@@ -1,0 +1,137 @@
+"""Speed benchmark: every registered method at keep 1.0 / 0.25 / 0.1, measured vs FLOP-ideal speedup.
+
+    python bench/speed.py --shape interleave-0.5b --dtype bfloat16     # random weights, a real model's shape
+    python bench/speed.py --shape builtin                                # the built-in model
+
+Each configuration runs through the app's own runner (1 warm-up run, then the median of --repeats timed runs,
+one run at a time on this machine). Methods without a budget (PruMerge, METEOR, ShortV) run once at their
+paper setting. The FLOP-ideal speedup counts dense matmuls and attention of the vision tower, the LLM prefill
+(with each layer's visual-token count) and the decode steps, so it shows what the method could save at best.
+Prints a markdown table and writes it to bench/results/ with the machine it ran on. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from backends import media, runner, shapes  # noqa: E402
+from backends.models import load_model  # noqa: E402
+from backends.settings import BUILTIN, Settings  # noqa: E402
+from backends.types import GenerationSettings, MethodSpec, RunRequest  # noqa: E402
+from methods import registry  # noqa: E402
+
+
+def llm_flops(lm, res) -> float:
+    """Dense + attention FLOPs of prefill and decode for this run (per-layer visual counts from the result)."""
+    tc, ad = lm.adapter.text_config, lm.adapter
+    d, n_layers = tc.hidden_size, len(ad.layers)
+    kv = tc.num_key_value_heads * ad.head_dim
+    per_tok = 2 * (2 * d * d + 2 * d * kv + 3 * d * tc.intermediate_size)  # q, o, k, v, gate/up/down
+    vt = res.visual_tokens
+    text = res.info["seq_len"] - vt.kept
+    total = 0.0
+    for v in vt.per_layer:
+        t = text + v
+        total += per_tok * t + 4 * t * t * d / 2  # causal attention ~ half of T^2
+    frozen = len(res.info.get("frozen_layers", []))  # ShortV still computes keys/values of visual tokens
+    total += frozen * 2 * 2 * d * kv * vt.kept
+    ctx = res.info["seq_len"] if not vt.per_layer else text + sum(vt.per_layer) / n_layers
+    steps = max(0, res.output_tokens - 1)
+    total += steps * n_layers * (per_tok + 4 * ctx * d) + (steps + 1) * 2 * d * tc.vocab_size
+    return total
+
+
+def vision_flops(lm, frames: int) -> float:
+    vc = lm.adapter.vision_config
+    t = (vc.image_size // vc.patch_size) ** 2 + lm.adapter.num_prefix_tokens
+    per_layer = 2 * t * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 4 * t * t * vc.hidden_size
+    return frames * lm.adapter.feature_depth * per_layer
+
+
+def configs(keeps: list[float]) -> list[tuple[str, dict, str]]:
+    out = []
+    for name in registry.names():
+        cls = registry.get(name)
+        if cls.budget_field:
+            out += [(name, {cls.budget_field: k}, f"{k:g}") for k in keeps]
+        else:
+            out.append((name, {}, "paper"))
+    return out
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "
+            f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="interleave-0.5b", help=f"{', '.join(shapes.SHAPES)} or builtin")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--keeps", default="1.0,0.25,0.1")
+    p.add_argument("--methods", default="", help="comma list (default: all registered)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--image", default="assets/examples/blue_count.png")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("VLM_THREADS", "1")))
+    settings = Settings(dtype=args.dtype if args.shape != BUILTIN else "float32")
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    src = BUILTIN if args.shape == BUILTIN else str(shapes.build(args.shape, tmp, dtype=getattr(torch, args.dtype)))
+    lm = load_model(src, settings)
+    if args.shape != BUILTIN:  # ShortV needs a layer ranking for this random model: a quick one
+        from backends import calibrate
+        from methods.shortv import calibration_path
+
+        lc = calibrate.calibrate(lm, calibrate._generated(2))
+        order = sorted(range(len(lc)), key=lambda i: (lc[i], i))
+        calibration_path(src).write_text(f'{{"layers_by_contribution": {order}}}')
+    med = media.image_media(args.image, settings)
+    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, warmup=1, repeats=args.repeats)
+    chosen = [m for m in args.methods.split(",") if m]
+    rows, base, base_flops = [], None, None
+    # one untimed pass first: the first runs of a fresh process pay allocator and cache warm-up for everyone
+    runner.run(RunRequest(med, "how many shapes are there?", MethodSpec("baseline"), gen), lm, settings)
+    for name, params, keep in configs([float(k) for k in args.keeps.split(",")]):
+        if chosen and name not in chosen:
+            continue
+        try:
+            res = runner.run(RunRequest(med, "how many shapes are there?", MethodSpec(name, params), gen), lm, settings)
+        except Exception as e:  # e.g. PruMerge on a tower without CLS: say so in the table
+            rows.append(f"| {name} | {keep} | - | - | - | - | - | - | - | - | {str(e)[:60]} |")
+            continue
+        t = res.timings_ms
+        flops = vision_flops(lm, 1) + llm_flops(lm, res)
+        base, base_flops = (base, base_flops) if base else (t, flops)
+        rows.append(f"| {name} | {keep} | {res.visual_tokens.kept} / {res.visual_tokens.effective:.0f} | "
+                    f"{t.vision:.0f} | {t.prefill:.0f} | {t.decode:.0f} | {t.total:.0f} | "
+                    f"{res.memory.peak_bytes / 2**20:.0f} | {base.total / t.total:.2f}x | "
+                    f"{base_flops / flops:.2f}x | |")
+        print(rows[-1], flush=True)
+    head = (f"# Speed: {args.shape} ({args.dtype}), {args.max_new_tokens} new tokens, median of {args.repeats} "
+            f"after 1 warm-up\n\nMachine: {machine()}\n\nAttention kernel: {lm.adapter.attn_implementation}. "
+            "Peak = process peak RSS growth over a run. Speedup = baseline total / method total; ideal = FLOP ratio."
+            "\n\n| method | keep | visual kept / effective | vision ms | prefill ms | decode ms | total ms | "
+            "peak MB | speedup | FLOP-ideal | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    table = head + "\n".join(rows) + "\n"
+    print(table)
+    out = Path(__file__).parent / "results" / f"speed-{args.shape}-{time.strftime('%Y%m%d-%H%M')}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(table)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
