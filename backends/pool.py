@@ -99,6 +99,10 @@ class LocalPool:
 
         return registry.catalog()
 
-    def close(self) -> None:
+    def close(self, wait: float = 30.0) -> None:
+        """Stop the workers and join them. A daemon thread still inside torch when the interpreter finalises
+        is unwound through C++ frames and aborts the process ("terminate called without an active exception")."""
         for _ in self._threads:
             self._jobs.put(None)
+        for t in self._threads:
+            t.join(wait)
