@@ -2,6 +2,9 @@
 
     python app.py                       serve the web UI (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
     python app.py compare --image PATH --prompt TEXT [--methods a,b] [--keep R] [--json]   headless run
+    python app.py eval --data FILE.jsonl [--methods a,b] [--keep R] [--json]   accuracy A/B on labelled data
+    python app.py methods                                               the method table (markdown)
+    python app.py calibrate-shortv [--model M] [--data FILE.jsonl]      rank layers for ShortV (stored per model)
     python app.py train-tiny [--out DIR] [--seed N]                     train the built-in model
 """
 
@@ -33,6 +36,9 @@ def serve() -> None:
 
 def main(argv: list[str]) -> int:
     cmd, rest = (argv[0], argv[1:]) if argv else ("serve", [])
+    if cmd in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
     if cmd == "serve":
         serve()
         return 0
@@ -40,11 +46,24 @@ def main(argv: list[str]) -> int:
         from backends.cli import compare_main
 
         return compare_main(rest)
+    if cmd == "eval":
+        from backends.evaluate import main as eval_main
+
+        return eval_main(rest)
+    if cmd == "methods":  # the README's method table, from the registry
+        from methods.registry import docs_table
+
+        print(docs_table())
+        return 0
+    if cmd == "calibrate-shortv":
+        from backends.calibrate import main as calibrate_main
+
+        return calibrate_main(rest)
     if cmd == "train-tiny":
         from backends.tiny.train import main as train_main
 
         return train_main(rest) or 0
-    print(f"error: unknown command {cmd!r}; use serve, compare or train-tiny", file=sys.stderr)
+    print(f"error: unknown command {cmd!r}; see python app.py --help", file=sys.stderr)
     return 2
 
 

@@ -21,11 +21,13 @@ class LlavaAdapter:
 
     model: torch.nn.Module
     processor: object
+    model_type = "llava"
+    suffix_tokens = 0  # tokens the model appends after each image's patches (OneVision: a newline)
 
     def __post_init__(self) -> None:
         cfg = self.model.config
-        if getattr(cfg, "model_type", "") != "llava":
-            raise UnsupportedModel(f"model type {getattr(cfg, 'model_type', '?')!r} is not supported yet (LLaVA only)")
+        if getattr(cfg, "model_type", "") != self.model_type:
+            raise UnsupportedModel(f"model type {getattr(cfg, 'model_type', '?')!r} is not a {self.model_type} model")
         self.text_config = cfg.text_config
         self.vision_config = cfg.vision_config
         self.image_token_id = int(cfg.image_token_id)
@@ -127,8 +129,12 @@ class LlavaAdapter:
         return self.projector(hidden)
 
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Indices of image tokens in `input_ids` [1, L]: LongTensor [F * N], frames in order."""
+        """Indices of image tokens in `input_ids` [1, L]: [F * (N + suffix_tokens)], frames in order."""
         return (input_ids[0] == self.image_token_id).nonzero().flatten()
+
+    def frame_suffix(self) -> torch.Tensor | None:
+        """Embeddings [suffix_tokens, D] placed after each image's visual tokens, or None."""
+        return None
 
     @property
     def head_dim(self) -> int:
@@ -170,5 +176,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
+@dataclass
+class OnevisionAdapter(LlavaAdapter):
+    """LLaVA-OneVision in base-view mode: one 384x384 view per image (27x27 SigLIP tokens) and the learned
+    newline token after it, as OneVision encodes each image of a multi-image or video input. (Its single-image
+    "anyres" mode adds high-resolution crops of varying layout; the app does not use them.)"""
+
+    model_type = "llava_onevision"
+    suffix_tokens = 1
+
+    def frame_suffix(self) -> torch.Tensor:
+        return self.model.model.image_newline[None]
+
+
+ADAPTERS = {cls.model_type: cls for cls in (LlavaAdapter, OnevisionAdapter)}
+
+
 def adapter_for(model: torch.nn.Module, processor: object) -> LlavaAdapter:
-    return LlavaAdapter(model, processor)
+    kind = getattr(model.config, "model_type", "?")
+    if kind not in ADAPTERS:
+        raise UnsupportedModel(f"model type {kind!r} is not supported (supported: {', '.join(ADAPTERS)})")
+    return ADAPTERS[kind](model, processor)

@@ -98,8 +98,13 @@ def load_model(name: str, settings: Settings | None = None, device: str | None =
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-            processor = AutoProcessor.from_pretrained(src, trust_remote_code=trust)
             model = AutoModelForImageTextToText.from_pretrained(src, **kwargs).eval()
+            if model.config.model_type == "llava_onevision":  # its processor needs torchvision: see onevision.py
+                from backends.onevision import load_processor
+
+                processor = load_processor(src, model.config, trust)
+            else:
+                processor = AutoProcessor.from_pretrained(src, trust_remote_code=trust)
     except Exception as e:  # the hub raises many types (OSError, HfHubHTTPError, LocalEntryNotFoundError, ...)
         logging.getLogger(__name__).debug("load failed", exc_info=True)
         where = "its folder" if local else "the Hugging Face hub (offline, or no such model)"

@@ -38,9 +38,10 @@ def build_sequence(state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
     slots = ad.image_positions(state.input_ids)
     n = ad.tokens_per_image
     feats = ad.project(torch.cat([f.hidden for f in state.frames])).to(text.dtype)  # [V, D]
+    suffix, m = ad.frame_suffix(), ad.suffix_tokens
     pieces, pos, vis, cursor, off, length = [], [], [], 0, 0, 0
     for f, frame in enumerate(state.frames):
-        first = int(slots[f * n])  # each frame's N placeholders are contiguous
+        first = int(slots[f * (n + m)])  # each frame's N (+ suffix) placeholders are contiguous
         k = frame.hidden.shape[0]
         pieces += [text[cursor:first], feats[off:off + k]]
         pos += [torch.arange(cursor, first), first + frame.index.to(torch.long)]
@@ -48,7 +49,11 @@ def build_sequence(state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
         vis.append(torch.arange(length, length + k))
         length += k
         off += k
-        cursor = first + n
+        if m:  # e.g. OneVision's newline token: never pruned, at its original slot
+            pieces.append(suffix.to(text.dtype))
+            pos.append(torch.arange(first + n, first + n + m))
+            length += m
+        cursor = first + n + m
     pieces.append(text[cursor:])
     pos.append(torch.arange(cursor, ids.shape[0]))
     embeds = torch.cat(pieces)[None]
