@@ -6,6 +6,7 @@
     python app.py methods                                               the method table (markdown)
     python app.py calibrate-shortv [--model M] [--data FILE.jsonl]      rank layers for ShortV (stored per model)
     python app.py train-tiny [--out DIR] [--seed N]                     train the built-in model
+    python app.py worker [--redis URL] [--device DEV] [--model M]       serve runs from Redis (one per GPU)
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def serve() -> None:
     from backends.pools import make_pool
     from backends.settings import Settings
-    from ui.demo import build_demo
+    from ui.demo import build_demo, launch_options
 
     settings = Settings.from_env()
     pool = make_pool(settings)
     demo = build_demo(pool, settings)
+    # One comparison per worker at a time; the rest wait in gradio's queue (the page shows their place).
     demo.queue(default_concurrency_limit=pool.workers).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size=f"{settings.max_upload_mb:g}mb",
+        **launch_options(),
     )
 
 
@@ -46,15 +49,19 @@ def main(argv: list[str]) -> int:
         from backends.cli import compare_main
 
         return compare_main(rest)
-    if cmd == "eval":
-        from backends.evaluate import main as eval_main
-
-        return eval_main(rest)
     if cmd == "methods":  # the README's method table, from the registry
         from methods.registry import docs_table
 
         print(docs_table())
         return 0
+    if cmd == "worker":
+        from backends.worker import main as worker_main
+
+        return worker_main(rest)
+    if cmd == "eval":
+        from backends.evaluate import main as eval_main
+
+        return eval_main(rest)
     if cmd == "calibrate-shortv":
         from backends.calibrate import main as calibrate_main
 

@@ -64,6 +64,8 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the comparison document")
+    p.add_argument("--redis", default=None, metavar="URL", help="run on Redis workers (default: $REDIS_URL, else "
+                   "in-process)")
     return p
 
 
@@ -92,6 +94,7 @@ def _table(doc: dict) -> str:
 
 def compare_main(argv: list[str]) -> int:
     from backends.document import document
+    from backends.pool import PoolError
     from backends.pools import make_pool
 
     settings = Settings.from_env()
@@ -101,11 +104,15 @@ def compare_main(argv: list[str]) -> int:
     except RequestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pool = make_pool(settings)
-    try:
-        results = list(pool.compare(comparison))
-    finally:
-        pool.close()
+    try:  # a pool that cannot serve (Redis unreachable at start or mid-run): one line, exit 1
+        pool = make_pool(settings, args.redis)
+        try:
+            results = list(pool.compare(comparison))
+        finally:
+            pool.close()
+    except PoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     doc = document(comparison, results)
     print(json.dumps(doc, indent=1) if args.json else _table(doc))
     return 0 if all(r.ok for r in results) else 1

@@ -13,6 +13,7 @@ import typing
 from dataclasses import MISSING, fields
 
 from backends.types import MethodSpec, RequestError
+from methods.base import STAGES
 
 _REGISTRY: dict[str, type] = {}
 _LOADED = False
@@ -117,7 +118,8 @@ def catalog() -> list[dict]:
             default = f.default if f.default is not MISSING else None
             choices = list(typing.get_args(hints[f.name])) if typing.get_origin(hints[f.name]) is typing.Literal else []
             params.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "choices": choices})
-        out.append({"name": n, "stage": cls.stage, "paper": cls.paper, "summary": cls.summary, "needs": cls.needs,
+        out.append({"name": n, "stage": cls.stage, "stage_label": STAGES[cls.stage], "paper": cls.paper,
+                    "summary": cls.summary, "needs": cls.needs,
                     "fidelity": cls.fidelity, "rope": cls.rope, "budget_field": cls.budget_field, "params": params})
     return out
 

@@ -65,7 +65,8 @@ def test_onevision_matches_transformers_multi_image_encoding(tmp_path):
         feats = core.get_image_features(pixel_values=inp["pixel_values"][:, None],
                                         image_sizes=torch.tensor([[84, 84]]),
                                         batch_num_images=torch.tensor([2])).pooler_output[0]
-        emb = core.get_input_embeddings()(ids).masked_scatter((ids == lm.adapter.image_token_id)[..., None], feats[None])
+        is_image = (ids == lm.adapter.image_token_id)[..., None]
+        emb = core.get_input_embeddings()(ids).masked_scatter(is_image, feats[None])
         out = lm.model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids), max_new_tokens=6,
                                 do_sample=False)
     assert res.output_ids == out[0].tolist()

@@ -1,0 +1,226 @@
+"""The page's compare endpoint, driven through gradio_client as a user's program would.
+
+A real `python app.py` (tiny random LLaVA, the real method registry) streams one update per run; bad
+input comes back as a message; a run that fails leaves the others' results; a pool that fails says so.
+The methods under test are the registry's first four (padded with baseline repeats), so the tests grow
+with the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.test_serve import ROOT, running_app
+
+EXAMPLES = os.path.join(ROOT, "assets", "examples")
+IMAGE = os.path.join(EXAMPLES, "three_shapes.png")
+VIDEO = os.path.join(EXAMPLES, "moving.webm")
+
+
+def four_methods() -> list[str]:
+    from methods import registry
+
+    names = registry.names()[:4]
+    return names + ["baseline"] * (4 - len(names))
+
+
+@pytest.fixture(scope="module")
+def client(random_model_dir):
+    from gradio_client import Client
+
+    # small limits so the limit checks run on tiny files
+    with running_app(random_model_dir, VLM_MAX_UPLOAD_MB="1", VLM_MAX_VIDEO_SECONDS="3") as url:
+        yield Client(url, verbose=False)
+
+
+def compare(client, **kw):
+    from gradio_client import handle_file
+
+    for key in ("image", "video"):
+        if isinstance(kw.get(key), str):
+            kw[key] = handle_file(kw[key])
+    kw.setdefault("prompt", "how many shapes are there?")
+    kw.setdefault("max_new_tokens", 3)
+    return client.submit(**kw, api_name="/compare")
+
+
+def test_api_parameter_names(client):
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare"]["parameters"]
+    assert [p["parameter_name"] for p in params] == ["image", "video", "prompt", "methods", "keep", "params",
+                                                     "max_new_tokens", "model", "frames", "warmup", "repeats"]
+
+
+def test_streams_one_update_per_run(client):
+    names = four_methods()
+    job = compare(client, image=IMAGE, methods=names[1:] if names[0] == "baseline" else names)
+    updates = list(job)  # every yield of the handler, in order
+    banners = [u[0] for u in updates]
+    for k in range(1, 5):
+        assert any(f"<b>{k} of 4 runs finished" in b for b in banners), f"no update after run {k}: {banners}"
+    assert len(updates) >= 4 + 1
+    banner, cards, summary, download, doc = job.result()
+    assert [r["method"] for r in doc["runs"]] == names and all(r["ok"] for r in doc["runs"]), doc["runs"]
+    assert cards.count('data-state="done"') == 4 and cards.count("data:image/png;base64,") >= 4
+    assert summary.count("<tr") == 5 and "How these numbers were measured" in summary
+    assert all(r["measurement"]["timed_runs"] == 1 and r["timings_ms"]["total"] > 0 for r in doc["runs"])
+    with open(download) as f:
+        assert json.load(f) == doc
+
+
+def test_failing_method_leaves_the_others(client):
+    names = four_methods()
+    bad = names[3]
+    occurrence = names.count(bad)  # params key "name#k" names one run of a repeated method
+    job = compare(client, image=IMAGE, methods=names, params=json.dumps({f"{bad}#{occurrence}": {"no_such": 1}}))
+    *_, cards, _, _, doc = job.result()
+    oks = [r["ok"] for r in doc["runs"]]
+    assert oks == [True, True, True, False], doc["runs"]
+    assert "no_such" in doc["runs"][3]["error"]
+    assert cards.count('data-state="failed"') == 1 and cards.count('data-state="done"') == 3
+    assert "Run failed." in cards and "no_such" in cards
+
+
+def test_video_is_sampled_and_mapped_per_frame(client):
+    _, cards, _, _, doc = compare(client, video=VIDEO, frames=4).result()
+    assert doc["input"]["kind"] == "video" and doc["input"]["frames"] == 4
+    run = doc["runs"][0]
+    assert run["ok"] and len(run["kept_map"]) == 4 and run["visual_tokens"]["input"] == 4 * 64
+    assert cards.count("data:image/png;base64,") == 4
+
+
+def _write(path, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def _video(path, seconds: float) -> str:
+    import cv2
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (32, 32))
+    for i in range(int(seconds * 8)):
+        out.write(np.full((32, 32, 3), i * 7 % 255, np.uint8))
+    out.release()
+    return str(path)
+
+
+def test_bad_inputs_get_their_message_and_the_app_keeps_serving(client, tmp_path):
+    cases = [
+        (dict(image=IMAGE, prompt="   "), "the prompt is empty"),
+        (dict(), "upload an image first"),
+        (dict(image=_write(tmp_path / "broken.png", b"not an image at all")), "not a readable image"),
+        (dict(video=_write(tmp_path / "broken.mp4", b"\x00" * 2000)), "not a readable video"),
+        (dict(video=_video(tmp_path / "long.mp4", 5)), "the limit is 3 s"),
+        (dict(image=IMAGE, video=VIDEO), "not both"),
+        (dict(image=IMAGE, methods=["no_such_method"]), "unknown method 'no_such_method'"),
+        (dict(image=IMAGE, keep=0), r"keep .* must be in \(0, 1\]"),
+        (dict(image=IMAGE, model="some/other-model"), "is not offered here"),
+        (dict(image=IMAGE, params="{not json"), "params is not valid JSON"),
+        (dict(image=IMAGE, params={"no_such_run": {}}), "not among the runs"),
+        (dict(image=IMAGE, max_new_tokens=0), "max_new_tokens must be in 1..512"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(Exception, match=message):
+            compare(client, **kw).result()
+    big = _write(tmp_path / "big.png", os.urandom(1536 * 1024))  # over the 1 MB limit: refused at upload
+    with pytest.raises(Exception, match="(?i)file size|too large|exceeds"):
+        compare(client, image=big).result()
+    doc = compare(client, image=IMAGE).result()[4]  # other visitors (and this one) are still served
+    assert doc["runs"][0]["ok"]
+
+
+def test_ui_never_imports_torch():
+    code = "import sys, ui.demo, ui.handler; assert 'torch' not in sys.modules, 'ui imported torch'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# --- The UI against stand-in pools (the pool is an interface: these need no model and no registry change) ---
+LABELS = {"baseline": "Baseline", "in_llm": "Inside the LLM", "kv_cache": "KV cache and decode"}
+
+
+def _entry(name: str, stage: str, params=()) -> dict:
+    return {"name": name, "stage": stage, "stage_label": LABELS[stage], "paper": "", "summary": f"{name} does things",
+            "needs": "",
+            "fidelity": "faithful", "budget_field": "keep" if params else None,
+            "params": [{"name": "keep", "type": "float", "default": 0.5, "choices": []}, *params] if params else []}
+
+
+CATALOG = [_entry("baseline", "baseline"),
+           _entry("alpha", "in_llm", [{"name": "layer", "type": "int", "default": 2, "choices": []}]),
+           _entry("beta", "kv_cache", [{"name": "mode", "type": "choice", "default": "a", "choices": ["a", "b"]}])]
+
+
+class StandInPool:
+    """Returns `ok` results for the first `good` runs, then fails as an unreachable Redis would."""
+
+    workers = 1
+
+    def __init__(self, good: int):
+        self.good = good
+
+    def catalog(self) -> list[dict]:
+        return CATALOG
+
+    def compare(self, comparison):
+        from backends.pool import PoolError
+        from backends.types import RunResult
+
+        for i, spec in enumerate(comparison.methods[: self.good]):
+            yield RunResult(method=spec.name, params=spec.params, answer="two", output_tokens=1, index=i)
+        raise PoolError("Redis at redis://10.0.0.1:6379 is unreachable")
+
+
+@pytest.mark.parametrize("good", [0, 1])
+def test_pool_failure_is_reported(good):
+    from gradio_client import Client
+
+    from backends.settings import Settings
+    from ui.demo import build_demo
+
+    demo = build_demo(StandInPool(good), Settings())
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        job = compare(Client(demo.local_url, verbose=False), image=IMAGE, methods=["alpha", "beta"])
+        if good == 0:  # nothing came back: the request fails with the pool's message
+            with pytest.raises(Exception, match="worker pool failed: Redis at redis://10.0.0.1:6379 is unreachable"):
+                job.result()
+        else:  # what came back stays; the rest are marked failed with the reason
+            banner, cards, _, _, doc = job.result()
+            assert [r["ok"] for r in doc["runs"]] == [True, False, False]
+            assert "unreachable" in banner and cards.count('data-state="failed"') == 2
+    finally:
+        demo.close()
+
+
+def test_controls_come_from_the_catalog():
+    import gradio as gr
+
+    from ui.controls import MethodControls
+
+    with gr.Blocks():
+        controls = MethodControls(CATALOG)
+        controls.picker()
+        controls.parameters()
+    assert [g.label for g in controls.groups] == ["Inside the LLM", "KV cache and decode"]
+    assert [(m, p, d) for m, p, d, _ in controls.fields] == [("alpha", "layer", 2), ("beta", "mode", "a")]
+    methods, params = controls.collect(["alpha"], ["beta"], 3, "a")  # layer changed, mode left at its default
+    assert methods == ["baseline", "alpha", "beta"] and params == {"alpha": {"layer": 3}}
+
+
+def test_request_rules():
+    from backends.types import RequestError
+    from ui.request import run_order, run_params
+
+    cat = {m["name"]: m for m in CATALOG}
+    order = run_order(["alpha", "baseline", "alpha"], cat)
+    assert order == ["baseline", "alpha", "alpha"]  # baseline first, repeats kept
+    params = run_params(order, {"alpha": {"layer": 1}, "alpha#2": {"layer": 3, "keep": 0.9}}, 0.25, cat)
+    assert params == [{}, {"layer": 1, "keep": 0.25}, {"layer": 3, "keep": 0.9}]
+    with pytest.raises(RequestError, match="not among the runs"):
+        run_params(order, {"alpha#3": {}}, 0.25, cat)

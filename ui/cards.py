@@ -1,0 +1,125 @@
+"""Result cards: one HTML card per run of a comparison, in request order (baseline first).
+
+A card is pending until its run finishes, then shows the answer (marked where its tokens leave the
+baseline's), the kept-token maps over the input (per frame; per stage when the method reports stages),
+a strip of decoder layers coloured by the visual tokens each one processes (frozen layers marked, when a
+method reports them in `info["frozen_layers"]`), the measured numbers, and the kernel/device it ran on.
+A failed run shows its error and nothing else; other cards are unaffected. Card HTML is a pure function
+of the results, so the handler re-renders all cards on every streamed update.
+"""
+
+from __future__ import annotations
+
+from backends.types import MethodSpec, RunResult
+from ui import fmt, heatmap
+from ui.fmt import esc
+
+
+def _params_text(spec: MethodSpec, entry: dict | None) -> str:
+    """The parameters this run used that differ from the paper defaults (the budget always shown)."""
+    if not entry:
+        return ""
+    defaults = {p["name"]: p["default"] for p in entry["params"]}
+    budget = entry.get("budget_field")
+    parts = [f"{budget} {spec.params[budget]:g}"] if budget and budget in spec.params else []
+    parts += [f"{k}={v}" for k, v in spec.params.items() if k != budget and defaults.get(k) != v]
+    return " · ".join(parts)
+
+
+def _maps(uris: list[str], label: str = "") -> str:
+    cls = "vc-maps" if len(uris) == 1 else "vc-maps vc-frames"
+    imgs = "".join(f'<img src="{u}" alt="kept-token map, frame {i + 1}" title="frame {i + 1}">'
+                   for i, u in enumerate(uris))
+    head = f'<div class="vc-maplabel">{esc(label)}</div>' if label else ""
+    return f'{head}<div class="{cls}">{imgs}</div>'
+
+
+def _layer_strip(r: RunResult) -> str:
+    per_layer, n = r.visual_tokens.per_layer, r.visual_tokens.input
+    if not per_layer or n <= 0:
+        return ""
+    frozen = set(r.info.get("frozen_layers") or [])
+    cells = []
+    for i, k in enumerate(per_layer):
+        mark = " vc-frozen" if i in frozen else ""
+        note = " (frozen)" if i in frozen else ""
+        cells.append(f'<span class="vc-layer{mark}" style="background:{heatmap.colour(k / n)}" '
+                     f'title="layer {i}: {k} visual tokens{note}">{"F" if i in frozen else ""}</span>')
+    legend = f"{len(frozen)} frozen" if frozen else f"eff {r.visual_tokens.effective:.1f} tokens/layer"
+    return (f'<div class="vc-layers"><span class="vc-maplabel">layers · {legend}</span>'
+            f'<div class="vc-strip">{"".join(cells)}</div></div>')
+
+
+def _cell(label: str, value: str, title: str = "", cls: str = "") -> str:
+    return (f'<div class="vc-num {cls}" title="{esc(title)}"><span>{esc(label)}</span>'
+            f"<b>{esc(value)}</b></div>")
+
+
+def _numbers(r: RunResult, ref: RunResult | None) -> str:
+    t, m, vt = r.timings_ms, r.memory, r.visual_tokens
+    sp = fmt.speedup(r, ref)
+    rate = fmt.decode_rate(r)
+    faster = "vc-good" if sp and sp > 1.05 else ("vc-bad" if sp and sp < 0.95 else "")
+    cells = [
+        _cell("total", fmt.ms(t.total), "preprocess + vision + prefill + decode, median of the timed runs"),
+        _cell("speedup", "reference" if r is ref else fmt.times(sp), "baseline total / this total", faster),
+        _cell("TTFT", fmt.ms(t.ttft), "time to first token: preprocess + vision + prefill"),
+        _cell("decode", fmt.DASH if rate is None else f"{rate:.1f} tok/s", "(output tokens - 1) / decode time"),
+        _cell("peak mem", fmt.size(m.peak_bytes), m.peak_kind),
+        _cell("KV cache", fmt.size(m.kv_cache_bytes),
+              f"keys + values of every layer: {fmt.size(m.kv_cache_bytes_prefill)} after prefill, "
+              f"{fmt.size(m.kv_cache_bytes)} at the end"),
+        _cell("visual tokens", fmt.kept_text(r), "tokens entering the LLM / tokens the vision encoder made"),
+        _cell("effective", f"{vt.effective:.1f}", "mean visual tokens per decoder layer"),
+    ]
+    return f'<div class="vc-nums">{"".join(cells)}</div>'
+
+
+def _footer(r: RunResult) -> str:
+    m = r.measurement
+    if not m:
+        return ""
+    bits = [m.get("attn_implementation", ""), m.get("device_name") or m.get("device", ""), m.get("dtype", ""),
+            f"{m['threads']} thread{'s' if m.get('threads') != 1 else ''}" if "threads" in m else "", r.worker]
+    return f'<div class="vc-foot">{esc(" · ".join(b for b in bits if b))}</div>'
+
+
+def card(spec: MethodSpec, entry: dict | None, result: RunResult | None, ref: RunResult | None,
+         maps: dict[str, list[str]] | None, plain: list[str]) -> str:
+    """One card. `maps` holds the rendered overlays of a finished run ("kept" and "stage i"); `plain` is
+    the input drawn without a map (pending and failed cards)."""
+    stage = fmt.stage_label(entry) if entry else ""
+    sub = " · ".join(x for x in (stage, _params_text(spec, entry)) if x)
+    head = (f'<div class="vc-head"><span class="vc-name">{esc(spec.name)}</span>'
+            f'<span class="vc-sub" title="{esc(entry.get("summary", "") if entry else "")}">{esc(sub)}</span></div>')
+    if result is None:
+        body = _maps(plain) + '<div class="vc-pending">running… (cards fill in as runs finish)</div>'
+        return f'<div class="vc-card vc-wait" data-state="pending" data-method="{esc(spec.name)}">{head}{body}</div>'
+    if not result.ok:
+        body = _maps(plain) + f'<div class="vc-error"><b>Run failed.</b> {esc(result.error or "unknown error")}</div>'
+        return f'<div class="vc-card vc-failed" data-state="failed" data-method="{esc(spec.name)}">{head}{body}</div>'
+    maps = maps or {}
+    parts = [head] + [_maps(uris, "kept tokens" if label == "kept" else label) for label, uris in maps.items()]
+    if not maps:
+        parts.append(_maps(plain, "no kept-token map reported"))
+    parts.append(_layer_strip(result))
+    agree = fmt.agreement(result, ref)
+    diff = "vc-differs" if agree.startswith("differs") else ("vc-same" if agree else "")
+    answer = esc(result.answer) if result.answer else "<i>(empty answer)</i>"
+    parts.append(f'<div class="vc-answer {diff}">{answer}</div>')
+    if agree:
+        parts.append(f'<div class="vc-agree {diff}">{"≠" if diff == "vc-differs" else "="} baseline: {agree}</div>')
+    parts += [_numbers(result, ref), _footer(result)]
+    cls = "vc-card vc-ref" if result is ref else "vc-card"
+    return f'<div class="{cls}" data-state="done" data-method="{esc(spec.name)}">{"".join(parts)}</div>'
+
+
+def legend() -> str:
+    return (f'<div class="vc-legend">Kept tokens, one scale for every card: <span>0</span>'
+            f'<i style="background:{heatmap.gradient_css()}"></i><span>1</span> dropped patches are dimmed; '
+            f"a merged token spreads its share over the patches it absorbed. Maps cover the centre square "
+            f"the processor crops.</div>")
+
+
+def grid(cards: list[str]) -> str:
+    return legend() + f'<div class="vc-cards">{"".join(cards)}</div>'

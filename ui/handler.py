@@ -1,0 +1,183 @@
+"""The compare handler: a generator that streams one page update per finished run.
+
+    yield (banner, cards, summary, download, document)      # once with every card pending,
+                                                             # once per finished run, once at the end
+
+Gradio sends every yield to the browser and to API clients (`client.submit(...)` iterates them). The
+pool yields results in finishing order; cards are laid out in request order (baseline first), so each
+update re-renders the cards from the results so far. The kept-token overlays (the costly part) are drawn
+once per run. Bad input raises `gr.Error` before anything runs; a run that fails shows in its own card; a
+pool that fails marks the unfinished runs failed and, if nothing came back, raises `gr.Error`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from backends import media
+from backends.document import document
+from backends.pool import PoolError
+from backends.settings import BUILTIN, Settings
+from backends.types import Comparison, RequestError, RunResult
+from ui import cards, heatmap, summary
+from ui.fmt import esc
+from ui.request import build_comparison, number, upload_path
+
+BUILTIN_NOTE = ("Answers come from the built-in model: a small LLaVA-architecture VLM trained here on synthetic "
+                "images of 1-4 coloured shapes; it only answers questions about such shapes.")
+DOWNLOADS = Path(tempfile.gettempdir()) / "vlm-compare-downloads"
+KEEP_DOWNLOADS_S = 3600  # comparison files older than this are removed when a new one is written
+
+
+class View:
+    """The page state of one comparison: its results so far and their rendered overlays."""
+
+    def __init__(self, comparison: Comparison, catalog: dict[str, dict]):
+        self.comparison, self.catalog = comparison, catalog
+        self.specs = comparison.methods
+        video = comparison.media.kind == "video"
+        self.frames = heatmap.decode_frames(comparison.media.frames_png, 96 if video else 208)
+        self.plain = heatmap.map_uris(self.frames, [])
+        self.results: dict[int, RunResult] = {}
+        self.maps: dict[int, dict[str, list[str]]] = {}
+        self.problem = ""
+        self.pool: dict = {}  # the pool stream's summary, once every run is back
+
+    def add(self, r: RunResult) -> None:
+        self.results[r.index] = r
+        if r.ok:  # draw once; later updates reuse the data URIs
+            self.maps[r.index] = self._draw(r)
+
+    def _draw(self, r: RunResult) -> dict[str, list[str]]:
+        """"kept" (what enters the LLM) and one entry per stage; a stage equal to the kept map is not drawn
+        twice. Stages are labelled with their layers when the method reports them in `info["layers"]`."""
+        maps = {"kept": heatmap.map_uris(self.frames, r.kept_map)} if r.kept_map else {}
+        layers = r.info.get("layers")
+        layers = layers if isinstance(layers, list) and len(layers) == len(r.stage_maps) else None
+        for s, stage in enumerate(r.stage_maps):
+            where = f"from layer {layers[s]}" if layers else f"stage {s + 1}"
+            maps[f"{where} · mean kept {heatmap.mean_share(stage):.2f}"] = heatmap.map_uris(self.frames, stage)
+            if stage == r.kept_map:
+                maps.pop("kept", None)
+        return maps
+
+    def fail_pending(self, message: str) -> None:
+        for i, spec in enumerate(self.specs):
+            if i not in self.results:
+                self.results[i] = RunResult.failed(spec, message, i)
+
+    @property
+    def ref(self) -> RunResult | None:
+        r = self.results.get(0)  # the baseline always runs first
+        return r if r is not None and r.ok else None
+
+    def banner(self) -> str:
+        done, n = len(self.results), len(self.specs)
+        failed = sum(not r.ok for r in self.results.values())
+        state = f"{done} of {n} runs finished" + (f", {failed} failed" if failed else "")
+        med = self.comparison.media
+        what = f"{med.kind} {esc(med.name)}" + (f" ({len(med.frames_png)} sampled frames)" if med.kind == "video"
+                                                 else "")
+        parts = [f'<div class="vc-status"><b>{state}</b> · {what} · model <code>{esc(self.comparison.model)}'
+                 f"</code></div>"]
+        if self.pool.get("wall_s"):  # the pool's own account: wall time of the whole comparison, who ran it
+            who = ", ".join(f"{w} ×{n}" for w, n in self.pool.get("workers", {}).items())
+            parts.append(f'<div class="vc-status">{esc(self.pool.get("pool", ""))} pool: {self.pool["wall_s"]:.2f} s '
+                         f"from submission to the last result (queueing, model loading and warm-ups included); "
+                         f"runs per worker: {esc(who or '?')}</div>")
+        if self.problem:
+            parts.append(f'<div class="vc-error">{esc(self.problem)}</div>')
+        if self.comparison.model == BUILTIN:
+            parts.append(f'<div class="vc-note">{esc(BUILTIN_NOTE)}</div>')
+        return "".join(parts)
+
+    def update(self, download: str | None = None) -> tuple:
+        cs = [cards.card(spec, self.catalog.get(spec.name), self.results.get(i), self.ref, self.maps.get(i),
+                         self.plain) for i, spec in enumerate(self.specs)]
+        doc = document(self.comparison, list(self.results.values()))
+        return (self.banner(), cards.grid(cs), summary.summary(self.specs, self.results, self.ref), download, doc)
+
+
+def write_download(doc: dict) -> str:
+    """The comparison document as a JSON file under the temp dir (gradio serves it from there)."""
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in DOWNLOADS.glob("*/comparison.json"):  # don't let a long-running server fill the disk
+        if now - old.stat().st_mtime > KEEP_DOWNLOADS_S:
+            old.unlink(missing_ok=True)
+            old.parent.rmdir()
+    folder = DOWNLOADS / uuid.uuid4().hex
+    folder.mkdir()
+    path = folder / "comparison.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return str(path)
+
+
+def make_compare(pool, settings: Settings):
+    catalog = {m["name"]: m for m in pool.catalog()}
+
+    def compare(image=None, video=None, prompt="", methods=None, keep=1.0, params=None, max_new_tokens=8,
+                model=None, frames=None, warmup=1, repeats=1, source="auto"):
+        """Run the baseline and the chosen methods on one image or video and stream the results.
+
+        image / video: an uploaded file (send one); prompt: the question; methods: registry names (the
+        baseline is added first); keep: share of visual tokens budgeted methods keep, in (0, 1]; params:
+        per-method overrides, {"method": {...}} or {"method#2": {...}} for its 2nd run, a dict or JSON
+        string; max_new_tokens; model: one the deployment offers; frames: sampled from a video; warmup /
+        repeats: untimed and timed runs per method. Each update is (banner HTML, cards HTML, summary HTML,
+        download file or None, comparison document); the last one holds every result.
+        """
+        try:
+            comp = build_comparison(settings, catalog, image=image, video=video, prompt=prompt, methods=methods,
+                                    keep=keep, params=params, max_new_tokens=max_new_tokens, model=model,
+                                    frames=frames, warmup=warmup, repeats=repeats, source=source)
+        except RequestError as e:
+            raise gr.Error(str(e), title="Bad input") from None
+        view = View(comp, catalog)
+        yield view.update()
+        stream = None
+        try:
+            stream = pool.compare(comp)
+            for result in stream:
+                view.add(result)
+                yield view.update()
+        except Exception as e:  # the pool itself failed (e.g. Redis unreachable): say so, keep what came back
+            detail = str(e) if isinstance(e, PoolError) else f"{type(e).__name__}: {e}"
+            view.problem = f"The worker pool failed: {detail}"
+            nothing = not view.results
+            view.fail_pending(f"no result: {view.problem}")
+            yield view.update()
+            if nothing:
+                raise gr.Error(view.problem, title="Pool unavailable") from None
+            gr.Warning(view.problem)
+        finally:  # also on a closed page: runs not started yet are dropped instead of occupying the workers
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()
+        view.pool = getattr(stream, "summary", None) or {}
+        final = view.update()
+        yield (*final[:3], write_download(final[4]), final[4])
+
+    return compare
+
+
+def make_preview(settings: Settings):
+    def preview(video, frames):
+        """The frames a comparison would sample from the uploaded video (shown under it)."""
+        got = upload_path(video) if isinstance(video, dict) or video is None else None
+        if not got:
+            return []
+        try:
+            imgs, duration = media.sample_video(got[0], settings, number(frames or settings.frames, "frames"))
+        except RequestError as e:
+            gr.Warning(str(e))
+            return []
+        label = f"Sampled frames: {len(imgs)} of a {duration:.1f} s clip"
+        return gr.Gallery(value=[(img, str(i + 1)) for i, img in enumerate(imgs)], label=label)
+
+    return preview
