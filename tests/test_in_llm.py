@@ -31,16 +31,22 @@ def test_fastv_cache_is_shorter_from_layer_k(random_model, scene_png):
     assert len(res.stage_maps) == 1 and sum(map(sum, res.kept_map[0])) == 16
 
 
-def test_shortv_frozen_layer_skips_visual_rows_exactly(random_model, scene_png):
-    """A frozen layer's text rows equal the normal layer's; its visual rows are its input, untouched."""
-    lm = random_model
+def llm_input(lm, path, question="how many shapes are there?"):
+    """The LLM's prompt input for one image: run state, embeddings [1, L, D], position ids, (cos, sin)."""
     ad = lm.adapter
-    inputs = ad.preprocess(media.frames_of(media.image_media(scene_png, S), S), "how many shapes are there?")
-    state = RunState(ad, inputs["input_ids"], inputs["pixel_values"], "q")
+    inputs = ad.preprocess(media.frames_of(media.image_media(path, S), S), question)
+    state = RunState(ad, inputs["input_ids"], inputs["pixel_values"], question)
     with torch.inference_mode():
         state.encode_vision()
         embeds, pos = build_sequence(state)
-        cos_sin = ad.rotary_emb(embeds, position_ids=pos)
+        return state, embeds, pos, ad.rotary_emb(embeds, position_ids=pos)
+
+
+def test_shortv_frozen_layer_skips_visual_rows_exactly(random_model, scene_png):
+    """A frozen layer's text rows equal the normal layer's; its visual rows are its input, untouched."""
+    ad = random_model.adapter
+    state, embeds, pos, cos_sin = llm_input(random_model, scene_png)
+    with torch.inference_mode():
         layer = ad.layers[3]
         ref = layer(embeds, attention_mask=None, position_ids=pos, position_embeddings=cos_sin)
         vis = torch.zeros(embeds.shape[1], dtype=torch.bool)
@@ -66,12 +72,8 @@ def test_meteor_refuses_multi_encoder_stages(random_model, scene_png):
 def test_feather_scores_without_rope(random_model, scene_png):
     """FEATHER's score is RoPE-free: it equals q.k of the normed input with no rotary applied."""
     ad = random_model.adapter
-    inputs = ad.preprocess(media.frames_of(media.image_media(scene_png, S), S), "q")
-    state = RunState(ad, inputs["input_ids"], inputs["pixel_values"], "q")
+    state, h, pos, cs = llm_input(random_model, scene_png, "q")
     with torch.inference_mode():
-        state.encode_vision()
-        h, pos = build_sequence(state)
-        cs = ad.rotary_emb(h, position_ids=pos)
         last, vis = torch.tensor([h.shape[1] - 1]), state.visual_slots
         no_rope = ad.llm_attention(1, h, cs, last, vis, rope=False)
         with_rope = ad.llm_attention(1, h, cs, last, vis, rope=True)
