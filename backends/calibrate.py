@@ -55,16 +55,23 @@ def _from_file(path: str, n: int, settings: Settings) -> list[tuple]:
     return out
 
 
-def last_token_logprobs(lm, image, question: str, frozen: list[int]) -> torch.Tensor:
+def prompt_input(lm, image, question: str):
+    """Vision tower + projector once per calibration request: (run state, inputs_embeds, position ids)."""
     ad = lm.adapter
     inputs = ad.preprocess([image], question)
     state = RunState(ad, inputs["input_ids"].to(lm.device), inputs["pixel_values"].to(lm.device, lm.dtype), question)
     with torch.inference_mode():
         state.encode_vision()
         embeds, pos = build_sequence(state)
-        with freeze_layers(state, frozen) if frozen else nullcontext():
-            out = ad.language_model(inputs_embeds=embeds, position_ids=pos,
-                                    attention_mask=torch.ones(1, embeds.shape[1], dtype=torch.long, device=lm.device))
+    return state, embeds, pos
+
+
+def last_token_logprobs(lm, state, embeds, pos, frozen: list[int]) -> torch.Tensor:
+    """Next-token log-probabilities at the prompt's last position, with `frozen` layers' visual updates zeroed."""
+    ad = lm.adapter
+    with torch.inference_mode(), freeze_layers(state, frozen) if frozen else nullcontext():
+        out = ad.language_model(inputs_embeds=embeds, position_ids=pos,
+                                attention_mask=torch.ones(1, embeds.shape[1], dtype=torch.long, device=lm.device))
         return torch.log_softmax(ad.lm_head(out.last_hidden_state[:, -1]).float(), -1)[0]
 
 
@@ -72,9 +79,10 @@ def calibrate(lm, samples: list[tuple]) -> list[float]:
     depth = len(lm.adapter.layers)
     lc = [0.0] * depth
     for image, question in samples:
-        orig = last_token_logprobs(lm, image, question, [])
+        state, embeds, pos = prompt_input(lm, image, question)
+        orig = last_token_logprobs(lm, state, embeds, pos, [])
         for i in range(depth):
-            mod = last_token_logprobs(lm, image, question, [i])
+            mod = last_token_logprobs(lm, state, embeds, pos, [i])
             lc[i] += float((mod.exp() * (mod - orig)).sum()) / len(samples)  # KL(p_mod || p_orig)
     return lc
 

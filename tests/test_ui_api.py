@@ -224,3 +224,16 @@ def test_request_rules():
     assert params == [{}, {"layer": 1, "keep": 0.25}, {"layer": 3, "keep": 0.9}]
     with pytest.raises(RequestError, match="not among the runs"):
         run_params(order, {"alpha#3": {}}, 0.25, cat)
+
+
+def test_paths_outside_the_upload_folder_are_never_opened(tmp_path):
+    from backends.types import RequestError
+    from ui.request import upload_folder, upload_path
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for you")
+    for path in (str(secret), "/etc/passwd", str(upload_folder() / ".." / "x.png")):
+        with pytest.raises(RequestError, match="upload the file again"):
+            upload_path({"path": path})
+    inside = upload_folder() / "abc" / "img.png"
+    assert upload_path({"path": str(inside), "orig_name": "a.png"}) == (str(inside), "a.png")

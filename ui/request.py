@@ -14,6 +14,8 @@ Run order: the baseline first (added if missing), then the methods in the order 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,22 @@ from backends.types import Comparison, GenerationSettings, Media, MethodSpec, Re
 BASELINE = "baseline"
 
 
+def upload_folder() -> Path:
+    """Where gradio keeps uploads (the same rule as gradio.utils.get_upload_folder)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
 def upload_path(payload: Any) -> tuple[str, str] | None:
-    """(server path, original file name) of an uploaded file, or None when nothing was uploaded."""
+    """(server path, original file name) of an uploaded file, or None when nothing was uploaded.
+
+    Defence in depth: whatever a client sends, only files inside gradio's upload folder are ever opened."""
     if payload in (None, "", {}):
         return None
     if isinstance(payload, dict) and isinstance(payload.get("path"), str):
-        path = payload["path"]
-        return path, payload.get("orig_name") or Path(path).name
+        path = Path(payload["path"]).resolve()
+        if not path.is_relative_to(upload_folder()):
+            raise RequestError("the upload could not be read; upload the file again")
+        return str(path), payload.get("orig_name") or path.name
     raise RequestError("the upload could not be read; upload the file again")
 
 
