@@ -6,6 +6,8 @@ fast attention kernel (sdpa) and never needs eager attention.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,16 +39,13 @@ def received_attention(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Te
 
 
 def pool_shape(k: int, rows: int, cols: int) -> tuple[int, int]:
-    """The r x c grid with exactly k cells (r <= rows, c <= cols) whose aspect is closest to rows x cols."""
-    best = None
-    for r in range(1, rows + 1):
-        if k % r == 0 and k // r <= cols:
-            cost = abs(torch.tensor(r / (k // r)).log() - torch.tensor(rows / cols).log()).item()
-            if best is None or cost < best[0]:
-                best = (cost, r, k // r)
-    if best is None:
-        raise ValueError(f"{k} tokens cannot be laid out on a {rows}x{cols} grid")
-    return best[1], best[2]
+    """The r x c grid (r <= rows, c <= cols) for a budget of k cells: exactly k cells when k factors within the
+    grid, else the nearest count (73 on a 27x27 grid has no such layout: 72 = 8 x 9); ties go to the aspect
+    closest to rows x cols."""
+    target = math.log(rows / cols)
+    best = min(((abs(r * c - k), abs(math.log(r / c) - target), r, c)
+                for r in range(1, rows + 1) for c in range(1, cols + 1)), key=lambda t: (t[0], t[1]))
+    return best[2], best[3]
 
 
 def pool_grid(hidden: torch.Tensor, rows: int, cols: int, out: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

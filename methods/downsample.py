@@ -17,7 +17,8 @@ class Downsample(Method):
     stage = "before_llm"
     paper = "control (VTC-Bench: downsampling beats many methods)"
     summary = ("Average-pools each frame's vision features from the rows x cols patch grid to an r x c grid with "
-               "r*c = round(keep x N) cells, aspect closest to the original.")
+               "r*c = round(keep x N) cells (the nearest count when that has no r x c layout), aspect closest "
+               "to the original.")
     needs = "nothing"
     budget_field = "keep"
 

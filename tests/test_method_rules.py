@@ -95,3 +95,8 @@ def test_dynamic_vlm_on_a_video(random_model_dir, tmp_path, frames, per_frame):
     res = runner.run(req, load_model(random_model_dir, s), s)
     assert res.visual_tokens.input == frames * 64 and res.visual_tokens.kept == frames * per_frame
     assert len(res.kept_map) == frames and res.info["tokens_per_frame"] == per_frame
+
+
+def test_downsample_budget_without_an_exact_layout():
+    assert pool_shape(73, 27, 27) in ((8, 9), (9, 8))  # 73 is prime: the nearest count with a layout, 72
+    assert pool_shape(182, 27, 27) in ((13, 14), (14, 13)) and pool_shape(7, 8, 8) in ((1, 7), (7, 1))
