@@ -33,6 +33,7 @@ TEMPLATE_WORDS = "what color is the shape at how many shapes are there a yes no 
 IMAGE_SIZE = 128  # processor output side (pixels)
 PATCH = 16  # 8x8 = 64 patches: does not line up with the 3x3 scene grid on purpose
 MERGE_POSITIONS = True  # one token per position phrase (see build_tokenizer)
+ROPE_THETA = 1e6
 VOCAB_SIZE = 64  # embedding rows (padded past the real vocabulary so lm_head width is a multiple of 32)
 
 # The prompt: image tokens, then the question, then the cue the answer follows.
@@ -109,6 +110,9 @@ def build_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> LlavaC
                           image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=128)
     text = dict(vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=512, num_hidden_layers=8,
                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                # theta 1e6 (not 1e4): most rotary pairs then stay nearly still over the 5-130 token distances
+                # between question words and image tokens, leaving them free for content (cell) matching.
+                rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     text.update(text_overrides)
