@@ -109,10 +109,6 @@ class LlavaAdapter:
             states.append(h)
         return states
 
-    def vision_hidden(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision states at the layer LLaVA reads, prefix (CLS) dropped: [F, N, Dv]."""
-        return self.vision_forward(pixel_values)[-1][:, self.num_prefix_tokens:]
-
     def vision_qk(self, layer: int, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys that vision layer `layer` computes from its input `states` [F, T, Dv]:
         two [F, T, Dv] tensors (heads not split). Recomputed here so the tower keeps its fast kernel."""
@@ -125,7 +121,7 @@ class LlavaAdapter:
         return int(self.vision_config.num_attention_heads)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Projector: [..., vision_hidden] -> [..., lm_hidden]."""
+        """Projector: [..., vision width] -> [..., LLM width]."""
         return self.projector(hidden)
 
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -140,6 +136,13 @@ class LlavaAdapter:
     def head_dim(self) -> int:
         tc = self.text_config
         return int(getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
+
+    def last_token_scores(self, layer: int, hidden: torch.Tensor, position_embeddings, keys: torch.Tensor,
+                          rope: bool = True) -> torch.Tensor:
+        """Head-mean attention of the prompt's last token over `keys` (softmax over them): [len(keys)].
+        The score FastV (rope=True) and FEATHER (rope=False) rank visual tokens by."""
+        last = keys.new_tensor([hidden.shape[1] - 1])
+        return self.llm_attention(layer, hidden, position_embeddings, last, keys, rope=rope).mean(0)[0]
 
     def llm_attention(self, layer: int, hidden: torch.Tensor, position_embeddings, queries: torch.Tensor,
                       keys: torch.Tensor, rope: bool = True, causal: bool = False) -> torch.Tensor:
@@ -158,8 +161,8 @@ class LlavaAdapter:
         k = attn.k_proj(x[:, kidx]).view(1, len(kidx), -1, d).transpose(1, 2)  # [1, Hkv, k, d]
         if rope:
             cos, sin = position_embeddings
-            q = q * cos[:, queries].unsqueeze(1) + _rotate_half(q) * sin[:, queries].unsqueeze(1)
-            k = k * cos[:, kidx].unsqueeze(1) + _rotate_half(k) * sin[:, kidx].unsqueeze(1)
+            q = q * cos[:, queries].unsqueeze(1) + rotate_half(q) * sin[:, queries].unsqueeze(1)
+            k = k * cos[:, kidx].unsqueeze(1) + rotate_half(k) * sin[:, kidx].unsqueeze(1)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query attention
         logits = (q @ k.transpose(-1, -2)).float()[0] * d**-0.5  # [H, q, k]
         if causal:
@@ -167,11 +170,8 @@ class LlavaAdapter:
             return torch.softmax(logits, -1)[:, :, keys]
         return torch.softmax(logits, -1)
 
-    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.norm(hidden)
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
 

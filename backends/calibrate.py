@@ -87,6 +87,19 @@ def calibrate(lm, samples: list[tuple]) -> list[float]:
     return lc
 
 
+def write_calibration(lm, samples: list[tuple], model: str, data: str) -> tuple[Path, list[int]]:
+    """Calibrate and store the layer ranking where ShortV looks for it; returns (path, layers in order)."""
+    lc = calibrate(lm, samples)
+    order = sorted(range(len(lc)), key=lambda i: (lc[i], i))
+    path = calibration_path(str(lm.model.name_or_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"model": model, "layers_by_contribution": order, "lc": [round(x, 6) for x in lc],
+           "samples": len(samples), "data": data,
+           "metric": "mean KL(p_mod || p_orig) of the last prompt token, visual updates of one layer zeroed"}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path, order
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="app.py calibrate-shortv")
     p.add_argument("--model", default=BUILTIN)
@@ -104,13 +117,6 @@ def main(argv: list[str]) -> int:
         print("error: --data FILE.jsonl is needed to calibrate a model other than the built-in one", file=sys.stderr)
         return 2
     t0 = time.time()
-    lc = calibrate(lm, samples)
-    order = sorted(range(len(lc)), key=lambda i: (lc[i], i))
-    path = calibration_path(str(lm.model.name_or_path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"model": args.model, "layers_by_contribution": order, "lc": [round(x, 6) for x in lc],
-           "samples": len(samples), "data": args.data or f"generated scenes, seed {CALIBRATION_SEED}",
-           "metric": "mean KL(p_mod || p_orig) of the last prompt token, visual updates of one layer zeroed"}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path, order = write_calibration(lm, samples, args.model, args.data or f"generated scenes, seed {CALIBRATION_SEED}")
     print(f"{path}: layers by contribution {order} ({time.time() - t0:.1f} s)")
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict
 
 import torch
 from transformers import DynamicCache
@@ -166,7 +165,3 @@ def measurement(lm: LoadedModel, gen, started: float) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "started_unix": round(started, 3),
     }
-
-
-def result_dict(r: RunResult) -> dict:
-    return asdict(r)

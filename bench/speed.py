@@ -93,11 +93,8 @@ def main() -> None:
     lm = load_model(src, settings)
     if args.shape != BUILTIN:  # ShortV needs a layer ranking for this random model: a quick one
         from backends import calibrate
-        from methods.shortv import calibration_path
 
-        lc = calibrate.calibrate(lm, calibrate._generated(2))
-        order = sorted(range(len(lc)), key=lambda i: (lc[i], i))
-        calibration_path(src).write_text(f'{{"layers_by_contribution": {order}}}')
+        calibrate.write_calibration(lm, calibrate._generated(2), src, "2 generated scenes (benchmark)")
     med = media.image_media(args.image, settings)
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens, warmup=1, repeats=args.repeats)
     chosen = [m for m in args.methods.split(",") if m]

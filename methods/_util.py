@@ -17,16 +17,21 @@ def budget(keep: float, n: int) -> int:
     return max(1, min(n, round(keep * n)))
 
 
-def cls_attention(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """Head-mean attention of the CLS query (position 0) over the patches (positions 1..).
+def cls_row(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head-mean attention of the CLS query (position 0) over every token, CLS included.
 
-    q, k: [F, T, D] with T = 1 + N. Returns [F, N] (rows sum to 1 minus the CLS self-weight).
+    q, k: [F, T, D]. Returns [F, T] (rows sum to 1).
     """
     f, t, d = q.shape
     qh = q[:, :1].reshape(f, 1, heads, d // heads).transpose(1, 2)  # [F, H, 1, d]
     kh = k.reshape(f, t, heads, d // heads).transpose(1, 2)  # [F, H, T, d]
     att = torch.softmax((qh @ kh.transpose(-1, -2)).float() * (d // heads) ** -0.5, dim=-1)  # [F, H, 1, T]
-    return att[:, :, 0, 1:].mean(1)
+    return att[:, :, 0].mean(1)
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head-mean attention of the CLS query over the patches (positions 1..): [F, N]."""
+    return cls_row(q, k, heads)[:, 1:]
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:

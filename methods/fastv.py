@@ -45,9 +45,8 @@ class FastV(Method):
             raise RequestError(f"{self.name}: layer {self.layer} >= the model's {len(ad.layers)} layers")
 
         def select(stage, layer, hidden, pos, vis):
-            last = vis.new_tensor([hidden.shape[1] - 1])
-            att = ad.llm_attention(layer, hidden, pos, last, vis, rope=True)  # [H, 1, V]
-            return topk_rows(att.mean(0)[0], int(self.keep * vis.numel()))
+            score = ad.last_token_scores(layer, hidden, pos, vis, rope=True)  # [V]
+            return topk_rows(score, int(self.keep * vis.numel()))
 
         state.info["layers"] = [self.layer]
         with PrefillDrop(state, [self.layer], select).installed():

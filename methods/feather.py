@@ -62,8 +62,7 @@ class Feather(Method):
         grid = uniform_grid(rows, cols, self.stride)
 
         def select(stage, layer, hidden, pos, vis):
-            last = vis.new_tensor([hidden.shape[1] - 1])
-            score = ad.llm_attention(layer, hidden, pos, last, vis, rope=False).mean(0)[0]  # [V]
+            score = ad.last_token_scores(layer, hidden, pos, vis, rope=False)  # [V], no rotary
             if stage == 0:
                 n = ad.tokens_per_image
                 top = topk_rows(score, int(self.keep * vis.numel()))

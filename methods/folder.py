@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from backends.state import FrameTokens, RunState
 from backends.types import RequestError
-from methods._util import budget
+from methods._util import budget, cls_row
 from methods.base import Method
 from methods.registry import register
 
@@ -85,10 +85,8 @@ class Folder(Method):
         f, t, d = x.shape
         heads = ad.vision_heads
         q, k = layer.self_attn.q_proj(h), layer.self_attn.k_proj(h)
-        qh = q[:, :1].reshape(f, 1, heads, d // heads).transpose(1, 2)
-        kh = k.reshape(f, t, heads, d // heads).transpose(1, 2)
-        cls = torch.softmax((qh @ kh.transpose(-1, -2)).float() * (d // heads) ** -0.5, -1)[:, :, 0].mean(1)
-        metric = kh.mean(1)  # head-mean keys [F, T, d]
+        cls = cls_row(q, k, heads)  # [F, T]
+        metric = k.reshape(f, t, heads, d // heads).mean(2)  # head-mean keys [F, T, d]
         n = t - 1
         remove = n - budget(self.keep, n)
         floor = math.ceil(40 * t / 577)  # the official "no merging below 40 tokens", scaled to this grid

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from backends.adapter import rotate_half
 from backends.state import RunState
 from backends.types import RequestError
 from methods.base import Method
@@ -56,9 +57,8 @@ def frozen_forward(layer: torch.nn.Module, is_visual: torch.Tensor):
         q = attn.q_proj(x[:, text]).view(1, len(text), -1, d).transpose(1, 2)
         k = attn.k_proj(x).view(1, t, -1, d).transpose(1, 2)
         v = attn.v_proj(x).view(1, t, -1, d).transpose(1, 2)
-        rot = lambda z: torch.cat((-z[..., d // 2:], z[..., : d // 2]), -1)  # noqa: E731
-        q = q * cos[:, text].unsqueeze(1) + rot(q) * sin[:, text].unsqueeze(1)
-        k = k * cos.unsqueeze(1) + rot(k) * sin.unsqueeze(1)
+        q = q * cos[:, text].unsqueeze(1) + rotate_half(q) * sin[:, text].unsqueeze(1)
+        k = k * cos.unsqueeze(1) + rotate_half(k) * sin.unsqueeze(1)
         if cache is not None:
             k, v = cache.update(k, v, attn.layer_idx)
         groups = q.shape[1] // k.shape[1]

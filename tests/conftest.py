@@ -61,16 +61,12 @@ def random_model_dir(tmp_path_factory) -> str:
 
 def _calibrate_shortv(model_dir: str) -> None:
     """ShortV needs a per-model layer ranking; a small one (4 generated scenes) for the random model."""
-    import json
-
     from backends import calibrate
     from backends.models import load_model
     from backends.settings import Settings
-    from methods.shortv import calibration_path
 
-    lc = calibrate.calibrate(load_model(model_dir, Settings()), calibrate._generated(4))
-    order = sorted(range(len(lc)), key=lambda i: (lc[i], i))
-    calibration_path(model_dir).write_text(json.dumps({"layers_by_contribution": order, "lc": lc}))
+    lm = load_model(model_dir, Settings())
+    calibrate.write_calibration(lm, calibrate._generated(4), model_dir, "4 generated scenes (test fixture)")
 
 
 @pytest.fixture(scope="session")
