@@ -1,8 +1,11 @@
 """The comparison document: the CLI's `--json` output, the UI's download and the API's final output.
 
     {"model": {"name", "device", "dtype", "attn_implementation"},
-     "input": {"kind", "frames", "visual_tokens"},
-     "runs": [RunResult as a dict, ...]}          # baseline first, then in the order asked
+     "input": {"kind", "frames", "name", "visual_tokens"}, "prompt",
+     "generation": {"max_new_tokens", "warmup", "repeats", "repeat_budget_s", "decoding", "batch_size"},
+     "runs": [RunResult as a dict, ...]}          # baseline first, then in the order asked; each run has
+                                                  # timings_ms (medians), timings_ms_all (one per timed run),
+                                                  # confidence {mean, min} and flop_ideal_speedup (computed)
 """
 
 from __future__ import annotations
@@ -24,5 +27,7 @@ def document(comparison: Comparison, results: list[RunResult]) -> dict:
         "input": {"kind": media.kind, "frames": len(media.frames_png), "name": media.name,
                   "visual_tokens": ok[0].visual_tokens.input if ok else None},
         "prompt": comparison.prompt,
+        # every setting the runs were generated with, so a document alone says how to reproduce it
+        "generation": {**asdict(comparison.generation), "decoding": "greedy", "batch_size": 1},
         "runs": [asdict(r) for r in runs],
     }

@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from backends import media
-from backends.measure import cache_bytes, clock, peak_memory
+from backends.measure import MAX_REPEATS, STABLE, cache_bytes, clock, flop_ideal, peak_memory, timed_runs
 from backends.models import LoadedModel
 from backends.settings import Settings
 from backends.state import RunState
@@ -94,23 +94,37 @@ def _once(lm: LoadedModel, method, frames: list, prompt: str, max_new: int, seed
             mask = torch.ones(1, embeds.shape[1], dtype=torch.long, device=dev)  # explicit: gapped positions
             out = ad.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                                     cache=cache, use_cache=True)
-            tok = int(ad.lm_head(out.last_hidden_state[:, -1]).argmax(-1))
+            tok, p = _pick(ad.lm_head(out.last_hidden_state[:, -1]))
             t3 = clock(dev)
             kv_prefill = cache_bytes(cache)
-            tokens, nxt = [tok], state.next_position
+            tokens, probs, nxt = [tok], [p], state.next_position
             while len(tokens) < max_new and tok not in eos:
                 emb = ad.embed_tokens(torch.tensor([[tok]], device=dev))
                 out = ad.language_model(inputs_embeds=emb, position_ids=torch.tensor([[nxt]], device=dev),
                                         cache=cache, use_cache=True)
-                tok = int(ad.lm_head(out.last_hidden_state[:, -1]).argmax(-1))
+                tok, p = _pick(ad.lm_head(out.last_hidden_state[:, -1]))
                 tokens.append(tok)
+                probs.append(p)
                 nxt += 1
             t4 = clock(dev)
             kv_end = cache_bytes(cache)
     answer_ids = [t for t in tokens if t not in eos]
     return {"tokens": tokens, "answer": lm.processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
             "times": (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), "peak": peak, "kv": (kv_prefill, kv_end),
-            "state": state}
+            "state": state, "probs": [q for t, q in zip(tokens, probs) if t not in eos] or probs}
+
+
+def _pick(logits: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Greedy token of logits [1, vocab] and its softmax probability (a 0-d tensor: no extra device sync)."""
+    tok = logits.argmax(-1)
+    return int(tok), torch.exp(logits[0, tok[0]] - torch.logsumexp(logits[0], -1))
+
+
+def _timings(times: tuple, n_out: int) -> Timings:
+    """Stage times in seconds (preprocess, vision, prefill, decode, total) as `Timings` in ms."""
+    pre, vis, pf, dec, tot = (x * 1000 for x in times)
+    return Timings(preprocess=pre, vision=vis, prefill=pf, ttft=pre + vis + pf, decode=dec,
+                   per_token=dec / max(1, n_out - 1), total=tot)
 
 
 def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | None = None) -> RunResult:
@@ -123,14 +137,13 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
     started = time.time()
     for _ in range(gen.warmup):
         _once(lm, method, frames, prompt, min(2, gen.max_new_tokens), seed)
-    runs = [_once(lm, method, frames, prompt, gen.max_new_tokens, seed) for _ in range(gen.repeats)]
+    runs = timed_runs(lambda: _once(lm, method, frames, prompt, gen.max_new_tokens, seed), gen)
     last, state = runs[-1], runs[-1]["state"]
     if any(r["tokens"] != last["tokens"] for r in runs):
         raise RuntimeError("repeated runs gave different tokens: the run is not deterministic")
-    med = [statistics.median(r["times"][i] * 1000 for r in runs) for i in range(5)]
     n_out = len(last["tokens"])
-    timings = Timings(preprocess=med[0], vision=med[1], prefill=med[2], ttft=med[0] + med[1] + med[2],
-                      decode=med[3], per_token=med[3] / max(1, n_out - 1), total=med[4])
+    timings = _timings(tuple(statistics.median(r["times"][i] for r in runs) for i in range(5)), n_out)
+    probs = [float(p) for p in last["probs"]]
     n_layers = len(lm.adapter.layers)
     per_layer = state.per_layer or [state.visual_kept] * n_layers
     peak = max(r["peak"].bytes for r in runs)
@@ -139,24 +152,32 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
         output_ids=list(last["tokens"]),
         visual_tokens=VisualTokens(input=state.visual_in, kept=state.visual_kept, per_layer=per_layer,
                                    effective=sum(per_layer) / len(per_layer)),
-        timings_ms=timings,
+        timings_ms=timings, timings_ms_all=[_timings(r["times"], n_out) for r in runs],
+        confidence={"mean": round(statistics.fmean(probs), 4), "min": round(min(probs), 4)} if probs else {},
+        flop_ideal_speedup=round(flop_ideal(lm.adapter, state, per_layer, n_out, len(frames)), 3),
         memory=Memory(peak_bytes=peak, peak_kind=last["peak"].kind, kv_cache_bytes=last["kv"][1],
                       kv_cache_bytes_prefill=last["kv"][0]),
         kept_map=state.kept_maps(),
         stage_maps=[[m.reshape(state.grid).tolist() for m in stage] for stage in state.stage_maps],
         info={"positions": state.positions, "seq_len": state.seq_len, **state.info},
-        measurement=measurement(lm, gen, started),
+        measurement=measurement(lm, gen, started, len(runs)),
         index=req.index,
     )
 
 
-def measurement(lm: LoadedModel, gen, started: float) -> dict:
+def measurement(lm: LoadedModel, gen, started: float, timed: int) -> dict:
     """How the numbers were taken, attached to every result."""
     import transformers
 
     dev = lm.device
     return {
-        "warmup_runs": gen.warmup, "timed_runs": gen.repeats, "statistic": "median",
+        "warmup_runs": gen.warmup, "timed_runs": timed, "statistic": "median",
+        "spread": "min-max over the timed runs (each run's timings in timings_ms_all)",
+        "repeat_rule": f"at least {gen.repeats} timed run(s); more, up to {MAX_REPEATS}, while the totals spread "
+                       f"over {STABLE:.0%} of their median, within {gen.repeat_budget_s:g} s of timed runs",
+        "confidence": "softmax probability of each greedy answer token (EOS excluded): mean and min",
+        "flop_ideal": "computed: dense + attention FLOPs from the model config and this run's per-layer "
+                      "visual-token counts, baseline / this run; vision encoder counted for both",
         "sync": "torch.cuda.synchronize before every clock read" if dev.type == "cuda" else "none needed (CPU)",
         "clock": "time.perf_counter", "decoding": "greedy, batch 1, manual KV-cache loop",
         "attn_implementation": lm.adapter.attn_implementation, "device": str(dev),

@@ -39,13 +39,18 @@ class GenerationSettings:
 
     max_new_tokens: int = 16
     warmup: int = 1  # untimed full runs before the timed ones (first-call allocations, kernel selection)
-    repeats: int = 1  # timed runs; timings are their median
+    repeats: int = 1  # timed runs (at least); timings are their median, their spread is reported too
+    # more timed runs (up to 20) while the totals spread over 10% of their median and this many seconds of
+    # timed runs are not spent: small models get many cheap runs, large ones stop at `repeats`
+    repeat_budget_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 512:
             raise RequestError(f"max_new_tokens must be in 1..512, got {self.max_new_tokens}")
         if not 0 <= self.warmup <= 5 or not 1 <= self.repeats <= 20:
             raise RequestError("warmup must be in 0..5 and repeats in 1..20")
+        if not 0 <= self.repeat_budget_s <= 60:
+            raise RequestError(f"repeat_budget_s must be in 0..60 seconds, got {self.repeat_budget_s:g}")
 
 
 @dataclass
@@ -137,6 +142,9 @@ class RunResult:
     output_ids: list[int] = field(default_factory=list)  # generated token ids (fidelity checks compare these)
     visual_tokens: VisualTokens = field(default_factory=VisualTokens)
     timings_ms: Timings = field(default_factory=Timings)
+    timings_ms_all: list[Timings] = field(default_factory=list)  # one per timed run, in the order run
+    confidence: dict[str, float] = field(default_factory=dict)  # {"mean", "min"} probability of the answer's tokens
+    flop_ideal_speedup: float | None = None  # computed from the config and per-layer counts, not measured
     memory: Memory = field(default_factory=Memory)
     kept_map: list[list[list[float]]] = field(default_factory=list)  # per frame: rows x cols, share kept in 0..1
     stage_maps: list[list[list[list[float]]]] = field(default_factory=list)  # per stage, like kept_map
@@ -180,6 +188,7 @@ _NESTED = {
     ("Comparison", "generation"): GenerationSettings, ("RunRequest", "media"): Media,
     ("RunRequest", "method"): MethodSpec, ("RunRequest", "generation"): GenerationSettings,
     ("RunResult", "visual_tokens"): VisualTokens, ("RunResult", "timings_ms"): Timings,
+    ("RunResult", "timings_ms_all"): Timings,
     ("RunResult", "memory"): Memory,
 }
 

@@ -56,15 +56,24 @@ def _cell(label: str, value: str, title: str = "", cls: str = "") -> str:
 
 
 def _numbers(r: RunResult, ref: RunResult | None) -> str:
-    t, m, vt = r.timings_ms, r.memory, r.visual_tokens
-    sp = fmt.speedup(r, ref)
+    m, vt = r.memory, r.visual_tokens
     rate = fmt.decode_rate(r)
-    faster = "vc-good" if sp and sp > 1.05 else ("vc-bad" if sp and sp < 0.95 else "")
+    verdict = fmt.verdict(r, ref)
+    runs = f"median (min–max) of {len(r.timings_ms_all)} timed runs"
     cells = [
-        _cell("total", fmt.ms(t.total), "preprocess + vision + prefill + decode, median of the timed runs"),
-        _cell("speedup", "reference" if r is ref else fmt.times(sp), "baseline total / this total", faster),
-        _cell("TTFT", fmt.ms(t.ttft), "time to first token: preprocess + vision + prefill"),
+        _cell("total", fmt.ms_spread(r, "total"), f"preprocess + vision + prefill + decode: {runs}"),
+        _cell("speedup (measured)", fmt.speedup_text(r, ref),
+              "baseline median total / this median total; in brackets the widest ratio the timed runs allow "
+              "(baseline fastest / this slowest .. baseline slowest / this fastest); coloured only when that "
+              f"whole range is beyond ×{fmt.SAME_BAND:.2f} either way", "vc-good" if verdict == "faster"
+              else ("vc-bad" if verdict == "slower" else "")),
+        _cell("TTFT", fmt.ms_spread(r, "ttft"), f"time to first token: preprocess + vision + prefill; {runs}"),
+        _cell("FLOP-ideal (computed)", "reference" if r is ref else fmt.flop_text(r),
+              "computed, not measured: baseline FLOPs / this run's FLOPs (vision, prefill with each layer's "
+              "visual tokens, decode) from the model's config: what this token selection could save at best"),
         _cell("decode", fmt.DASH if rate is None else f"{rate:.1f} tok/s", "(output tokens - 1) / decode time"),
+        _cell("confidence", fmt.confidence_text(r),
+              "softmax probability of each answer token (greedy): mean and lowest"),
         _cell("peak mem", fmt.size(m.peak_bytes), m.peak_kind),
         _cell("KV cache", fmt.size(m.kv_cache_bytes),
               f"keys + values of every layer: {fmt.size(m.kv_cache_bytes_prefill)} after prefill, "
@@ -85,9 +94,9 @@ def _footer(r: RunResult) -> str:
 
 
 def card(spec: MethodSpec, entry: dict | None, result: RunResult | None, ref: RunResult | None,
-         maps: dict[str, list[str]] | None, plain: list[str]) -> str:
+         maps: dict[str, list[str]] | None, plain: list[str], warn: str = "") -> str:
     """One card. `maps` holds the rendered overlays of a finished run ("kept" and "stage i"); `plain` is
-    the input drawn without a map (pending and failed cards)."""
+    the input drawn without a map (pending and failed cards); `warn` an out-of-domain note for its answer."""
     stage = fmt.stage_label(entry) if entry else ""
     sub = " · ".join(x for x in (stage, _params_text(spec, entry)) if x)
     head = (f'<div class="vc-head"><span class="vc-name">{esc(spec.name)}</span>'
@@ -109,6 +118,8 @@ def card(spec: MethodSpec, entry: dict | None, result: RunResult | None, ref: Ru
     parts.append(f'<div class="vc-answer {diff}">{answer}</div>')
     if agree:
         parts.append(f'<div class="vc-agree {diff}">{"≠" if diff == "vc-differs" else "="} baseline: {agree}</div>')
+    if warn:
+        parts.append(f'<div class="vc-ood" role="note">{esc(warn)}</div>')
     parts += [_numbers(result, ref), _footer(result)]
     cls = "vc-card vc-ref" if result is ref else "vc-card"
     return f'<div class="{cls}" data-state="done" data-method="{esc(spec.name)}">{"".join(parts)}</div>'

@@ -18,7 +18,7 @@ from backends.settings import BUILTIN, ROOT, Settings
 from ui.controls import MethodControls, methods_table
 from ui.fmt import esc
 from ui.gpu import on_gpu
-from ui.handler import make_compare, make_preview
+from ui.handler import REPEAT_BUDGET_S, TIMED_RUNS, make_compare, make_preview
 from ui.style import CSS
 
 EXAMPLES = ROOT / "assets" / "examples"
@@ -99,7 +99,10 @@ def build_demo(pool, settings: Settings) -> gr.Blocks:
                                         label="Model")
                     with gr.Row():
                         warmup = gr.Number(1, precision=0, minimum=0, maximum=5, label="Warm-up runs")
-                        repeats = gr.Number(1, precision=0, minimum=1, maximum=20, label="Timed runs (median)")
+                        repeats = gr.Number(TIMED_RUNS, precision=0, minimum=1, maximum=20,
+                                            label="Timed runs (at least)")
+                        budget = gr.Number(REPEAT_BUDGET_S, minimum=0, maximum=60, label="Repeat budget (s)",
+                                           info="more timed runs (up to 20) while totals spread over 10%")
                 run = gr.Button("Compare", variant="primary")
             with gr.Column(scale=4):
                 banner = gr.HTML()
@@ -117,7 +120,8 @@ def build_demo(pool, settings: Settings) -> gr.Blocks:
         # The click is the API's "compare"; Enter in the question runs the same chain without a second endpoint.
         for trigger, api in ((run.click, "public"), (prompt.submit, "private")):
             trigger(controls.collect, controls.inputs, [methods, params], api_visibility="private", queue=False).then(
-                compare, [image, video, prompt, methods, keep, params, max_new, model, frames, warmup, repeats, source],
+                compare, [image, video, prompt, methods, keep, params, max_new, model, frames, warmup, repeats, source,
+                          budget],
                 [banner, cards, summary, download, doc], api_name="compare" if api == "public" else None,
                 api_visibility=api, preprocess=False, concurrency_limit=workers, concurrency_id="compare",
                 show_progress="minimal")

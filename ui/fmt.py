@@ -53,6 +53,66 @@ def speedup(r: RunResult, ref: RunResult | None) -> float | None:
     return ref.timings_ms.total / r.timings_ms.total
 
 
+def spread(r: RunResult, field: str) -> tuple[float, float] | None:
+    """(min, max) of one timing over the run's timed runs; None when there is only one."""
+    runs = [getattr(t, field) for t in r.timings_ms_all] if r.ok else []
+    return (min(runs), max(runs)) if len(runs) > 1 else None
+
+
+def ms_spread(r: RunResult, field: str) -> str:
+    """'45 ms (42–51)': the median and the min–max over the timed runs."""
+    mid, rng = ms(getattr(r.timings_ms, field)) if r.ok else DASH, spread(r, field)
+    return mid if rng is None else f"{mid} ({ms(rng[0]).split()[0]}–{ms(rng[1])})"
+
+
+SAME_BAND = 1.03  # a speedup whose interval reaches into (1/1.03, 1.03) is "about the same"
+
+
+def speedup_range(r: RunResult, ref: RunResult | None) -> tuple[float, float] | None:
+    """The widest speedup the timed runs allow: (baseline fastest / this slowest, baseline slowest / this
+    fastest). Conservative on purpose: it is what a presenter may claim without luck."""
+    a, b = spread(ref, "total") if ref is not None else None, spread(r, "total")
+    if a is None or b is None or b[0] <= 0:
+        return None
+    return a[0] / b[1], a[1] / b[0]
+
+
+def verdict(r: RunResult, ref: RunResult | None) -> str:
+    """'faster' / 'slower' only when the whole speedup range says so; else 'same' (or '' when unknown).
+    With a single timed run there is no range, so no claim either way."""
+    sp, rng = speedup(r, ref), speedup_range(r, ref)
+    if sp is None:
+        return ""
+    if rng is None:
+        return "same"
+    if rng[0] > SAME_BAND:
+        return "faster"
+    if rng[1] < 1 / SAME_BAND:
+        return "slower"
+    return "same"
+
+
+def speedup_text(r: RunResult, ref: RunResult | None) -> str:
+    if r is ref:
+        return "reference"
+    sp, rng = speedup(r, ref), speedup_range(r, ref)
+    if sp is None:
+        return DASH
+    if rng is None:
+        return f"×{sp:.2f} (one timed run: no range)"
+    span = f"×{sp:.2f} ({rng[0]:.2f}–{rng[1]:.2f})"
+    return f"about the same: {span}" if verdict(r, ref) == "same" else span
+
+
+def confidence_text(r: RunResult) -> str:
+    c = r.confidence if r.ok else {}
+    return f"{c['mean']:.2f} (min {c['min']:.2f})" if c else DASH
+
+
+def flop_text(r: RunResult) -> str:
+    return DASH if not r.ok or r.flop_ideal_speedup is None else f"×{r.flop_ideal_speedup:.2f}"
+
+
 def divergence(r: RunResult, ref: RunResult | None) -> int | None:
     """Index of the first output token that differs from the baseline's; -1 if none; None if unknown."""
     if ref is None or not r.ok or not ref.ok:

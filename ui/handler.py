@@ -25,13 +25,16 @@ from backends.document import document
 from backends.pool import PoolError
 from backends.settings import BUILTIN, Settings
 from backends.types import Comparison, RequestError, RunResult
-from ui import cards, heatmap, summary
+from ui import cards, domain, heatmap, summary
 from ui.fmt import esc
 from ui.request import build_comparison, number, upload_path
 
 BUILTIN_NOTE = ("Answers come from the built-in model: a small LLaVA-architecture VLM trained here on synthetic "
                 "images of 1-4 coloured shapes; it only answers questions about such shapes.")
 DOWNLOADS = Path(tempfile.gettempdir()) / "vlm-compare-downloads"
+# Timed runs by default: three at least, more while the totals are noisy, within a budget. On the built-in
+# model a run takes tens of ms, so it gets up to 20; a 7B model's seconds-long runs stop at three.
+TIMED_RUNS, REPEAT_BUDGET_S = 3, 2.0
 KEEP_DOWNLOADS_S = 3600  # comparison files older than this are removed when a new one is written
 
 
@@ -44,6 +47,8 @@ class View:
         video = comparison.media.kind == "video"
         self.frames = heatmap.decode_frames(comparison.media.frames_png, 96 if video else 208)
         self.plain = heatmap.map_uris(self.frames, [])
+        self.builtin = comparison.model == BUILTIN
+        self.scene_problem = domain.scene_check(self.frames) if self.builtin else ""
         self.results: dict[int, RunResult] = {}
         self.maps: dict[int, dict[str, list[str]]] = {}
         self.problem = ""
@@ -66,6 +71,9 @@ class View:
             if stage == r.kept_map:
                 maps.pop("kept", None)
         return maps
+
+    def _warning(self, r: RunResult | None) -> str:
+        return domain.warning(self.builtin, self.scene_problem, r.confidence) if r is not None and r.ok else ""
 
     def fail_pending(self, message: str) -> None:
         for i, spec in enumerate(self.specs):
@@ -99,7 +107,7 @@ class View:
 
     def update(self, download: str | None = None) -> tuple:
         cs = [cards.card(spec, self.catalog.get(spec.name), self.results.get(i), self.ref, self.maps.get(i),
-                         self.plain) for i, spec in enumerate(self.specs)]
+                         self.plain, self._warning(self.results.get(i))) for i, spec in enumerate(self.specs)]
         doc = document(self.comparison, list(self.results.values()))
         return (self.banner(), cards.grid(cs), summary.summary(self.specs, self.results, self.ref), download, doc)
 
@@ -123,20 +131,22 @@ def make_compare(pool, settings: Settings):
     catalog = {m["name"]: m for m in pool.catalog()}
 
     def compare(image=None, video=None, prompt="", methods=None, keep=1.0, params=None, max_new_tokens=8,
-                model=None, frames=None, warmup=1, repeats=1, source="auto"):
+                model=None, frames=None, warmup=1, repeats=TIMED_RUNS, source="auto", repeat_budget_s=REPEAT_BUDGET_S):
         """Run the baseline and the chosen methods on one image or video and stream the results.
 
         image / video: an uploaded file (send one); prompt: the question; methods: registry names (the
         baseline is added first); keep: share of visual tokens budgeted methods keep, in (0, 1]; params:
         per-method overrides, {"method": {...}} or {"method#2": {...}} for its 2nd run, a dict or JSON
         string; max_new_tokens; model: one the deployment offers; frames: sampled from a video; warmup /
-        repeats: untimed and timed runs per method. Each update is (banner HTML, cards HTML, summary HTML,
-        download file or None, comparison document); the last one holds every result.
+        repeats: untimed and (at least) timed runs per method; repeat_budget_s: more timed runs, up to 20,
+        while their totals spread over 10% and these seconds are not spent. Each update is (banner HTML,
+        cards HTML, summary HTML, download file or None, comparison document); the last holds every result.
         """
         try:
             comp = build_comparison(settings, catalog, image=image, video=video, prompt=prompt, methods=methods,
                                     keep=keep, params=params, max_new_tokens=max_new_tokens, model=model,
-                                    frames=frames, warmup=warmup, repeats=repeats, source=source)
+                                    frames=frames, warmup=warmup, repeats=repeats, source=source,
+                                    repeat_budget_s=repeat_budget_s)
         except RequestError as e:
             raise gr.Error(str(e), title="Bad input") from None
         view = View(comp, catalog)

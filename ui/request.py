@@ -127,7 +127,7 @@ def read_media(image: Any, video: Any, frames: Any, source: str, settings: Setti
 def build_comparison(settings: Settings, catalog: dict[str, dict], *, image: Any = None, video: Any = None,
                      prompt: Any = "", methods: Any = None, keep: Any = 1.0, params: Any = None,
                      max_new_tokens: Any = 8, model: Any = None, frames: Any = None, warmup: Any = 1,
-                     repeats: Any = 1, source: str = "auto") -> Comparison:
+                     repeats: Any = 1, source: str = "auto", repeat_budget_s: Any = 0.0) -> Comparison:
     """Validate everything (cheap checks first) and build the request the pool runs."""
     prompt = media.check_prompt(prompt if isinstance(prompt, str) else "", settings)
     keep = number(keep, "keep", float)
@@ -139,6 +139,7 @@ def build_comparison(settings: Settings, catalog: dict[str, dict], *, image: Any
     order = run_order(methods, catalog)
     specs = [MethodSpec(n, p) for n, p in zip(order, run_params(order, parse_params(params), keep, catalog))]
     gen = GenerationSettings(max_new_tokens=number(max_new_tokens, "max_new_tokens"),
-                             warmup=number(warmup, "warmup"), repeats=number(repeats, "repeats"))
+                             warmup=number(warmup, "warmup"), repeats=number(repeats, "repeats"),
+                             repeat_budget_s=number(repeat_budget_s, "repeat_budget_s", float))
     med = read_media(image, video, frames if frames not in (None, "") else settings.frames, source, settings)
     return Comparison(med, prompt, specs, gen, model)
