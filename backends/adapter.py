@@ -138,11 +138,12 @@ class LlavaAdapter:
         return int(getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
 
     def last_token_scores(self, layer: int, hidden: torch.Tensor, position_embeddings, keys: torch.Tensor,
-                          rope: bool = True) -> torch.Tensor:
-        """Head-mean attention of the prompt's last token over `keys` (softmax over them): [len(keys)].
-        The score FastV (rope=True) and FEATHER (rope=False) rank visual tokens by."""
+                          rope: bool = True, causal: bool = False) -> torch.Tensor:
+        """Head-mean attention of the prompt's last token over `keys`: [len(keys)].
+        causal=True: the model's own attention row (softmax over every key), FastV's official score;
+        causal=False: softmax over `keys` only, FEATHER's score (rope=False) and its FastV baseline (rope=True)."""
         last = keys.new_tensor([hidden.shape[1] - 1])
-        return self.llm_attention(layer, hidden, position_embeddings, last, keys, rope=rope).mean(0)[0]
+        return self.llm_attention(layer, hidden, position_embeddings, last, keys, rope=rope, causal=causal).mean(0)[0]
 
     def llm_attention(self, layer: int, hidden: torch.Tensor, position_embeddings, queries: torch.Tensor,
                       keys: torch.Tensor, rope: bool = True, causal: bool = False) -> torch.Tensor:

@@ -1,12 +1,17 @@
 """`folder` (FOLDER, ICCV 2025): bipartite token merging inside the vision layer that makes LLaVA's features.
 
-Rule (official code, folder/patch/folder.py + merge.py), applied in the feature layer (layer 22 of
-LLaVA-1.5's 24) after the attention residual and before the MLP:
+Rule (official code, llava/model/folder/patch/folder.py + merge.py), applied in the feature layer (layer 22
+of LLaVA-1.5's 24) after the attention residual and before the MLP:
   split tokens alternately into A (even) and B (odd); metric = head-mean keys, L2-normalised;
   score(a, b) = cos(a, b) - alpha * 100 * cls_attn(a); CLS is never merged;
-  each a links to its best b, the r best edges merge by size-weighted mean (sizes tracked);
-  if r exceeds floor((T - 1) / 2) the matching repeats ("fold"); no merging below a floor of tokens
-  (40 of LLaVA's 577, scaled here to the grid); output order [unmerged A, B], positions contiguous.
+  each a links to its best b, the r best edges merge: tokens and keys by size-weighted mean (sizes tracked),
+  CLS attention by a plain mean over the b and the a's it absorbs (scatter_reduce "mean");
+  if r exceeds floor((T - 1) / 2) the matching repeats ("fold", 577 -> 289 -> 193 at r = 16 x 24 = 384);
+  no merging below 40 tokens; output order [unmerged A, B], positions contiguous.
+Adapted to the grid (said in `fidelity`): the protection weight 100 is sized for 577 tokens, where CLS
+attention averages 1/577 and the mean term alpha x 100 / 577 ~ 0.9 sits beside cosines <= 1; on T tokens the
+weight is 100 x T / 577 so the term keeps that size (on 65 tokens an unscaled term would be ~7.7 and decide
+every match). The 40-token floor is scaled the same way. Default keep 1/3: 192 of 576, as r = 16.
 The layer is recomputed here with the model's own submodules, so keep = 1.0 is bit-identical to the baseline.
 """
 
@@ -25,14 +30,16 @@ from methods.base import Method
 from methods.registry import register
 
 
-def bipartite_merge(x, size, members, metric, cls_attn, r: int, alpha: float, protect_first: bool = True):
+def bipartite_merge(x, size, members, metric, cls_attn, r: int, alpha: float, protect_first: bool = True,
+                    weight: float = 100.0):
     """One matching pass removing r tokens.
 
     x [T, D] tokens, size [T] tokens absorbed, members [T, T0] 0/1 which original tokens each one holds,
-    metric [T, d] keys, cls_attn [T]. Returns the same four plus cls_attn, with T - r rows, order [unmerged A, B].
+    metric [T, d] keys, cls_attn [T]; `weight` scales the protection term (the code's 100, for 577 tokens).
+    Returns the same four plus cls_attn, with T - r rows, order [unmerged A, B].
     """
     m = F.normalize(metric.float(), dim=-1)
-    scores = m[0::2] @ m[1::2].T - alpha * 100 * cls_attn[0::2].float().unsqueeze(-1)
+    scores = m[0::2] @ m[1::2].T - alpha * weight * cls_attn[0::2].float().unsqueeze(-1)
     if protect_first:
         scores[0] = -math.inf  # the CLS token never merges
     best, best_b = scores.max(-1)
@@ -53,7 +60,28 @@ def bipartite_merge(x, size, members, metric, cls_attn, r: int, alpha: float, pr
     x_new[len(unm):] = x_new[len(unm):] / new_size[len(unm):, None].to(x.dtype)
     metric_new = combine(metric, True)
     metric_new[len(unm):] = metric_new[len(unm):] / new_size[len(unm):, None].to(metric.dtype)
-    return x_new, new_size, combine(members, False), metric_new, combine(cls_attn[:, None], False)[:, 0]
+    # CLS attention: the plain mean of each b and the a's merged into it (scatter_reduce "mean", b included)
+    moved = cls_attn[0::2][src]
+    b_cls = cls_attn[1::2].clone().index_add_(0, dst, moved)
+    count = torch.ones_like(b_cls).index_add_(0, dst, torch.ones_like(moved))
+    cls_new = torch.cat([cls_attn[0::2][unm], b_cls / count])
+    return x_new, new_size, combine(members, False), metric_new, cls_new
+
+
+def fold(x, metric, cls_attn, remove: int, alpha: float, weight: float, floor: int):
+    """Remove `remove` tokens by repeated matching passes (each at most floor((T - 1) / 2)), none below `floor`.
+
+    x [T, D], metric [T, d], cls_attn [T]. Returns x [T', D], members [T', T] and the length after each pass.
+    """
+    t = x.shape[0]
+    size, members, lengths = torch.ones(t), torch.eye(t), []
+    while remove > 0 and x.shape[0] >= floor:
+        r = min((x.shape[0] - 1) // 2, remove)
+        x, size, members, metric, cls_attn = bipartite_merge(x, size, members, metric, cls_attn, r, alpha,
+                                                             weight=weight)
+        remove -= r
+        lengths.append(x.shape[0])
+    return x, members, lengths
 
 
 @register
@@ -67,9 +95,10 @@ class Folder(Method):
     needs = "a CLS token (for the protection term) and keys of the feature layer"
     budget_field = "keep"
     rope = "re-indexed, order [unmerged A, B] as the official code"
-    fidelity = "faithful (the 40-token merge floor scaled to the grid)"
+    fidelity = ("faithful on 577 tokens; on other grids the protection weight (100, for 577 tokens) and the "
+                "40-token merge floor are scaled by T / 577")
 
-    keep: float = 0.33  # 384 of 576 tokens removed on LLaVA-1.5 (r = 16 x 24 layers)
+    keep: float = 1 / 3  # 192 of 576 kept on LLaVA-1.5 (r = 16 x 24 layers = 384 removed)
     alpha: float = 5.0  # weight of the CLS-attention protection term (LLaVA config)
 
     def encode(self, state: RunState) -> None:
@@ -90,16 +119,13 @@ class Folder(Method):
         n = t - 1
         remove = n - budget(self.keep, n)
         floor = math.ceil(40 * t / 577)  # the official "no merging below 40 tokens", scaled to this grid
-        state.info.update(merge_layer=li, removed=remove, floor_tokens=floor, passes=[])
+        weight = 100 * t / 577  # the protection term's 100 is sized for 577 tokens: keep its mean size
+        state.info.update(merge_layer=li, removed=remove, floor_tokens=floor, protect_weight=round(weight, 3),
+                          passes=[])
         frames, out = [], []
         for i in range(f):
-            xi, size, members = x[i], torch.ones(t), torch.eye(t)
-            mi, ci, left, passes = metric[i], cls[i], remove, 0
-            while left > 0 and xi.shape[0] >= floor:
-                r = min((xi.shape[0] - 1) // 2, left)
-                xi, size, members, mi, ci = bipartite_merge(xi, size, members, mi, ci, r, self.alpha)
-                left, passes = left - r, passes + 1
-            state.info["passes"].append(passes)
+            xi, members, lengths = fold(x[i], metric[i], cls[i], remove, self.alpha, weight, floor)
+            state.info["passes"].append(len(lengths))
             out.append(xi)
             coef = members / members.sum(1, keepdim=True)  # a merged token is the mean of its originals
             frames.append((coef[1:, 1:], coef[1:, 1:].argmax(1)))

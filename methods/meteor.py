@@ -3,10 +3,12 @@
 METEOR prunes in three stages: inside each of several vision encoders (1), after fusing them (2) and in the
 LLM's decoding stage (3). Stages 1-2 are trained into its multi-encoder models, so only stage 3 applies to a
 single-encoder model, training-free. Stage 3 (paper; no code released): per head h, the visual attention
-mass VAV_h the prompt's text tokens pay to visual tokens; keep K = lambda * (mass of the top-k heads) tokens,
-ranked by the attention those heads pay them. The paper does not publish k, lambda or the layer; here
-K = round(lam x V x mean VAV of the top heads) (lam = 1: keep the share of attention the visual tokens get),
-scored at layer K-1 with the model's RoPE over the text tokens after the image, dropped from layer K on.
+mass VAV_h the prompt's text tokens pay to visual tokens; keep K = lambda * sum over the top-k heads of their
+visual attention (a raw sum, whose size depends on the number of text tokens and heads), ranked by the
+attention those heads pay. The paper does not publish k, lambda or the layer. Ours, normalised so one lambda
+fits any prompt and model: K = round(lam x V x mean VAV of the top heads), VAV_h averaged over the text
+queries (lam = 1: keep the share of attention the visual tokens get); top_heads = half the heads; scored at
+layer K-1 (8 of 32, scaled) with the model's RoPE over the text tokens after the image, dropped from layer K on.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ class Meteor(Method):
     stage = "in_llm"
     paper = "METEOR (ICCV 2025), stage 3"
     summary = ("Prompt-adaptive: keeps as many visual tokens as the most visual-minded heads' attention mass "
-               "says, ranked by those heads. Stages 1-2 need a multi-encoder model and are refused here.")
+               "says, ranked by those heads. K is normalised (ours: lam x V x mean visual attention of the top "
+               "heads), not the paper's raw sum lam x sum of their attention. Stages 1-2 need a multi-encoder model "
+               "and are refused here.")
     needs = "q/k of one decoder layer; stages 1-2 need a multi-encoder model"
-    fidelity = "stage 3 only, from the paper (no code; k, lambda and layer unpublished: our defaults)"
+    fidelity = ("stage 3 only, from the paper (no code); k, lambda and layer unpublished: our defaults, and our "
+                "normalised K = lam x V x mean top-head visual attention instead of the raw sum")
     rope = "original (tokens keep their position ids)"
     keep_all = {"lam": 1e6}
 
