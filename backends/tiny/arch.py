@@ -10,7 +10,7 @@ Widths are multiples of 32 because bitsandbytes 4-bit on CPU asserts `out_featur
 from __future__ import annotations
 
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -29,25 +29,33 @@ POSITIONS = ["top left", "top middle", "top right", "middle left", "center", "mi
 NUMBERS = ["zero", "one", "two", "three", "four"]
 # Every word of the five question templates and their answers, plus the prompt's "answer :" cue.
 TEMPLATE_WORDS = "what color is the shape at how many shapes are there a yes no none answer : ?".split()
+# Words the v2 task adds (descriptions, video questions), appended after v1's ids so v1 ids never move.
+V2_WORDS = "describe image in list and , which way does move up down still start end".split()
 
 IMAGE_SIZE = 128  # processor output side (pixels)
 PATCH = 16  # 8x8 = 64 patches: does not line up with the 3x3 scene grid on purpose
 MERGE_POSITIONS = True  # one token per position phrase (see build_tokenizer)
 ROPE_THETA = 1e6
-VOCAB_SIZE = 64  # embedding rows (padded past the real vocabulary so lm_head width is a multiple of 32)
+VOCAB_SIZE = 96  # embedding rows (padded past the real vocabulary so lm_head width is a multiple of 32)
+V1_VOCAB_SIZE = 64  # the v1 model's rows (its 51 words); v2 grows the matrices to VOCAB_SIZE
 
-# The prompt: image tokens, then the question, then the cue the answer follows.
+# The prompt: image tokens (one entry per image or video frame), then the question, then the cue the answer
+# follows. Assistant turns render as `answer : {text} </s> `, so a multi-turn `messages` list gives exactly the
+# packed training format `<image>... q1 answer : a1 </s> q2 answer :`.
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}"
     "{% if m['content'] is string %}{{ m['content'] }} {% else %}"
     "{% for c in m['content'] %}{% if c['type'] in ['image', 'video'] %}<image> "
     "{% elif c['type'] == 'text' %}{{ c['text'] }} {% endif %}{% endfor %}{% endif %}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}answer :{% endif %}"
+    "{% elif m['role'] == 'assistant' %}answer : "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    " </s> {% endif %}{% endfor %}{% if add_generation_prompt %}answer :{% endif %}"
 )
 
 
 def words() -> list[str]:
-    """The task vocabulary (without specials), in a fixed order."""
+    """The v1 task vocabulary (without specials), in a fixed order (the v1 tokenizer is trained on it)."""
     out: list[str] = []
     for w in TEMPLATE_WORDS + COLORS + SHAPES + [w for p in POSITIONS for w in p.split()] + NUMBERS:
         if w not in out:
@@ -80,6 +88,13 @@ def build_tokenizer(merge_positions: bool | None = None) -> PreTrainedTokenizerF
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # "there?" -> "there", "?"
     trainer = trainers.WordLevelTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS, min_frequency=1)
     tok.train_from_iterator(corpus, trainer=trainer)  # one word per item: no phrase merging here
+    # v2: append the new words after v1's ids (a trained WordLevel model cannot grow, so rebuild it from its vocab)
+    vocab = tok.get_vocab()
+    for w in V2_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok.model = models.WordLevel(vocab=vocab, unk_token="<unk>")
+    # Decoding: position tokens back to their phrase, words joined by spaces, no space before , or ?
+    tok.decoder = decoders.Sequence([decoders.Replace("_", " "), decoders.WordPiece(prefix="##", cleanup=True)])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )

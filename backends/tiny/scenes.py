@@ -11,6 +11,9 @@ Questions (one-word answers):
   count     "how many {color} shapes are there?"                                     -> zero..four
   total     "how many shapes are there?"                                             -> one..four
   exists    "is there a {color} {shape}?"                                            -> yes / no
+v2 adds a long answer (`make_question(objs, "describe", rng)`, not in KINDS so v1's sampling is unchanged):
+  describe  "describe the image" / "what is in the image?" / "list the shapes"
+            -> "a {color} {shape} at the {position}" per object in reading order, joined by ", " and " and "
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from .arch import COLORS, NUMBERS, POSITIONS, SHAPES
 
 KINDS = ["color", "shape_at", "count", "total", "exists"]
+DESCRIBE_PROMPTS = ["describe the image", "what is in the image?", "list the shapes"]
 # Nominal colours from the spec; renderers add their own per-object jitter.
 RGB = {
     "red": (220, 40, 40),
@@ -64,8 +68,18 @@ def _count(objs, color=None, shape=None) -> int:
     return sum(1 for o in objs if (color is None or o.color == color) and (shape is None or o.shape == shape))
 
 
+def describe(objs: list[Obj]) -> str:
+    """Every object in reading order (cells are row-major), "a {color} {shape} at the {position}", joined by ", "
+    with " and " before the last one."""
+    parts = [f"a {o.color} {o.shape} at the {POSITIONS[o.cell]}" for o in sorted(objs, key=lambda o: o.cell)]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def make_question(objs: list[Obj], kind: str, rng: np.random.Generator) -> dict | None:
     """One question of `kind` about the scene, or None when the kind cannot be asked (no unique shape)."""
+    if kind == "describe":
+        return dict(question=DESCRIBE_PROMPTS[int(rng.integers(len(DESCRIBE_PROMPTS)))], answer=describe(objs),
+                    kind=kind)
     if kind == "color":
         unique = [s for s in SHAPES if _count(objs, shape=s) == 1]
         if not unique:
@@ -129,6 +143,22 @@ _PUNCT = re.compile(r"[^\w\s]")
 
 
 def normalize(text: str) -> str:
-    """Answer normalisation: lower-case, punctuation and surrounding whitespace stripped, first word only."""
-    parts = _PUNCT.sub(" ", str(text).lower()).split()
-    return parts[0] if parts else ""
+    """Answer normalisation: lower-case, punctuation dropped, whitespace collapsed ('Two.' == 'two')."""
+    return " ".join(_PUNCT.sub(" ", str(text).lower()).split())
+
+
+_OBJ = re.compile(r"\ba (" + "|".join(COLORS) + r") (" + "|".join(SHAPES) + r") at the (" + "|".join(POSITIONS) + ")")
+
+
+def objects_of(text: str) -> set[tuple[str, str, str]]:
+    """The (color, shape, position) triples a description names (after `normalize`)."""
+    return set(_OBJ.findall(normalize(text)))
+
+
+def object_f1(pred: str, answer: str) -> float:
+    """Object-level F1 of a description against the reference: one wrong object in four costs 0.25, not 1."""
+    p, a = objects_of(pred), objects_of(answer)
+    if not p and not a:
+        return 1.0
+    tp = len(p & a)
+    return 0.0 if tp == 0 else 2 * tp / (len(p) + len(a))

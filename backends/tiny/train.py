@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["rope_parameters"] = {"rope_type": "default", "rope_theta": args.rope_theta}
     if args.heads:
         overrides.update(num_attention_heads=args.heads, num_key_value_heads=args.heads)
-    model = arch.build_model(tokenizer, seed=args.seed, **overrides)
+    model = arch.build_model(tokenizer, seed=args.seed, vocab_size=arch.V1_VOCAB_SIZE, **overrides)
     model.train()
     torch.manual_seed(args.seed + 1)
     heads = AuxHeads(128, model.config.text_config.hidden_size, model.config.text_config.vocab_size)

@@ -1,0 +1,171 @@
+"""Training batches of the v2 task: packed image conversations and videos pooled Dynamic-VLM style.
+
+An image sequence is one scene followed by 1-5 packed turns (`<s> <image>x64 q1 answer : a1 </s> q2 answer : a2
+</s> ...`, exactly what the chat template renders for a multi-turn `messages` list), kinds drawn from the five v1
+kinds plus `describe`. A video sequence is T frames, each average-pooled from the 8x8 patch grid to side x side
+tokens (side drawn per clip: 8 = full frames, else 2..8, as Dynamic-VLM trains its LLM on variable per-frame counts),
+followed by 1-3 video questions. Loss is on answers and `</s>` only.
+
+Besides ids and labels, a batch carries the targets of two training-only auxiliary losses (see `train_v2`):
+`ds` (a content token predicts its one-word answer) and `att` (one attention head of the content token, or of the
+`a` that opens each described object, should land on the image tokens of the cell it is about).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import arch
+from .clips import VIDEO_KINDS, sample_clip, sample_video_questions
+from .render_train import render
+from .scenes import KINDS, make_question, sample_scene
+from .train import PCELL, Vocab, pixels
+
+IMAGE_WEIGHTS = {"color": 0.12, "shape_at": 0.22, "count": 0.1, "total": 0.06, "exists": 0.12, "describe": 0.38}
+VIDEO_WEIGHTS = {"direction": 0.45, "at_start": 0.2, "at_end": 0.2, "vtotal": 0.15}
+IMAGE_KINDS = KINDS + ["describe"]
+
+
+def cell_of_tokens(side: int) -> np.ndarray:
+    """Grid cell (0..8) of each pooled token's centre on a side x side grid (row-major)."""
+    return np.array([int((r + 0.5) * 3 / side) * 3 + int((c + 0.5) * 3 / side) for r in range(side)
+                     for c in range(side)])
+
+
+def sample_image_turns(objs, rng, n: int) -> list[dict]:
+    """n distinct turns about one scene; at most one description."""
+    w = np.array([IMAGE_WEIGHTS[k] for k in IMAGE_KINDS])
+    out, seen = [], set()
+    for _ in range(20 * n):
+        if len(out) == n:
+            break
+        kind = IMAGE_KINDS[int(rng.choice(len(IMAGE_KINDS), p=w / w.sum()))]
+        q = make_question(objs, kind, rng)
+        if q is None or q["question"] in seen or (kind == "describe" and any(t["kind"] == "describe" for t in out)):
+            continue
+        seen.add(q["question"])
+        out.append(q)
+    return out
+
+
+class Builder:
+    """Accumulates sequences and their aux targets, then pads them into one batch."""
+
+    def __init__(self, voc: Vocab):
+        self.voc = voc
+        self.seqs, self.labels, self.ds, self.att, self.turns = [], [], [], [], []
+
+    def add(self, ids: list[int], lab: list[int], qas: list[dict], frame_slots: list[np.ndarray], cells_fn):
+        """Append the QA turns of `qas` after `ids`. frame_slots[f] = sequence positions of frame f's tokens;
+        cells_fn(f) = cell of each of frame f's tokens. Records per-turn answer spans for evaluation."""
+        voc, row = self.voc, len(self.seqs)
+        pos_ids = {voc.tok.convert_tokens_to_ids(arch.position_token(p)): i for i, p in enumerate(arch.POSITIONS)}
+        spans = []
+        for q in qas:
+            qi = voc.q(q["question"])
+            start = len(ids)
+            kind = q["kind"]
+            if kind in ("color", "shape_at", "exists", "direction"):
+                self.ds.append((row, start + len(qi) - 2, voc.a(q["answer"])))
+            targets = []  # (query position, frame index, cell)
+            if kind in ("shape_at", "at_start", "at_end"):
+                k = next(j for j, t in enumerate(qi) if t in pos_ids)
+                f = len(frame_slots) - 1 if kind == "at_end" else 0
+                targets.append((start + k, f, pos_ids[qi[k]]))
+            elif kind == "color":  # the shape word finds the unique shape's cell
+                targets.append((start + len(qi) - 2, 0, q["cell"]))
+            elif kind == "direction":
+                targets += [(start + len(qi) - 3, 0, q["cells"][0]), (start + len(qi) - 3, len(frame_slots) - 1,
+                                                                       q["cells"][1])]
+            ans = voc.tok(q["answer"], add_special_tokens=False)["input_ids"]
+            a0 = start + len(qi) + len(voc.cue)
+            if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
+                for j, c in zip([j for j, t in enumerate(ans) if t == voc.a("a")], q["cells"]):
+                    targets.append((a0 + j, 0, c))  # 'a' predicts the colour: its query should find the object
+            for qpos, f, cell in targets:
+                slots = frame_slots[f][cells_fn(f) == cell]
+                if len(slots):
+                    self.att.append((row, qpos, slots))
+            ids += qi + voc.cue + ans + [voc.eos]
+            lab += [-100] * (len(qi) + len(voc.cue)) + ans + [voc.eos]
+            spans.append((a0, a0 + len(ans) + 1, kind))
+        self.seqs.append(ids)
+        self.labels.append(lab)
+        self.turns.append(spans)
+
+    def tensors(self) -> dict:
+        voc = self.voc
+        L, B = max(len(s) for s in self.seqs), len(self.seqs)
+        ids = torch.full((B, L), voc.pad, dtype=torch.long)
+        lab = torch.full((B, L), -100, dtype=torch.long)
+        att = torch.zeros((B, L), dtype=torch.long)
+        for i, (s, lb) in enumerate(zip(self.seqs, self.labels)):
+            ids[i, :len(s)], lab[i, :len(lb)], att[i, :len(s)] = torch.tensor(s), torch.tensor(lb), 1
+        tmask = torch.zeros((len(self.att), L), dtype=torch.bool)
+        for n, (_, _, slots) in enumerate(self.att):
+            tmask[n, torch.as_tensor(slots)] = True
+        return dict(input_ids=ids, labels=lab, attention_mask=att, turns=self.turns,
+                    ds_rows=torch.tensor([d[0] for d in self.ds], dtype=torch.long),
+                    ds_cols=torch.tensor([d[1] for d in self.ds], dtype=torch.long),
+                    ds_tgt=torch.tensor([d[2] for d in self.ds], dtype=torch.long),
+                    at_rows=torch.tensor([a[0] for a in self.att], dtype=torch.long),
+                    at_cols=torch.tensor([a[1] for a in self.att], dtype=torch.long), at_mask=tmask)
+
+
+def _annotate(objs, q: dict) -> dict:
+    """Cells the aux losses need: the unique shape's cell (color), objects' cells in reading order (describe)."""
+    if q["kind"] == "color":
+        q["cell"] = next(o.cell for o in objs if o.shape == q["question"].rstrip("?").split()[-1])
+    elif q["kind"] == "describe":
+        q["cells"] = sorted(o.cell for o in objs)
+    return q
+
+
+def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5)) -> dict:
+    """n_img scenes, each with a 1-5 turn conversation. pixel_values [n_img, 3, 128, 128]."""
+    b, pix = Builder(voc), []
+    n_tok = arch.IMAGE_SIZE // arch.PATCH
+    for _ in range(n_img):
+        objs = sample_scene(rng)
+        pix.append(pixels(render(objs, rng)))
+        qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(turns[0], turns[1] + 1)))]
+        b.add([voc.bos] + [voc.img] * n_tok ** 2, [-100] * (1 + n_tok ** 2), qas, [np.arange(1, 1 + n_tok ** 2)],
+              lambda f: PCELL)
+    out = b.tensors()
+    out.update(pixel_values=torch.from_numpy(np.stack(pix)), sides=[n_tok] * n_img, frames=[1] * n_img)
+    return out
+
+
+def render_clip(clip, rng, frames: int) -> list[np.ndarray]:
+    """frames images of the clip at t = f / (frames - 1), one style (background, colours) for the whole clip."""
+    seed = int(rng.integers(2**31))
+    ts = np.linspace(0.0, 1.0, frames)
+    return [render(clip.at(float(t)), np.random.default_rng(seed)) for t in ts]
+
+
+def video_batch(rng, voc: Vocab, n_clips: int, p_full: float = 0.4, frames=(4, 16), qa=(1, 3),
+                side: int | None = None, kinds: dict | None = None) -> dict:
+    """n_clips clips; each clip's frames pooled to side x side (8 = full) tokens. pixel_values [sum T, 3, 128, 128]."""
+    b, pix, sides, counts = Builder(voc), [], [], []
+    for _ in range(n_clips):
+        clip = sample_clip(rng)
+        s = side or (8 if rng.random() < p_full else int(rng.integers(2, 9)))
+        hi = min(frames[1], 12) if s == 8 else frames[1]  # full-token clips stay <= 12 frames (cost)
+        t = int(rng.integers(frames[0], max(frames[0], hi) + 1))
+        pix += [pixels(im) for im in render_clip(clip, rng, t)]
+        sides.append(s)
+        counts.append(t)
+        qas = sample_video_questions(clip, rng, int(rng.integers(qa[0], qa[1] + 1)), kinds or VIDEO_WEIGHTS)
+        for q in qas:
+            if q["kind"] == "direction":
+                q["cells"] = (clip.objs[q["obj"]].cell, clip.end_cell(q["obj"]))
+        slots = [1 + f * s * s + np.arange(s * s) for f in range(t)]
+        cells = cell_of_tokens(s)
+        b.add([voc.bos] + [voc.img] * (t * s * s), [-100] * (1 + t * s * s), qas, slots, lambda f, c=cells: c)
+    out = b.tensors()
+    out.update(pixel_values=torch.from_numpy(np.stack(pix)), sides=sides, frames=counts)
+    return out
+
+
+__all__ = ["image_batch", "video_batch", "IMAGE_KINDS", "VIDEO_KINDS"]

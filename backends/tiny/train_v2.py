@@ -1,0 +1,270 @@
+"""Stage 2 of the built-in model (v2): grow v1 into long answers, conversations and video.
+
+    python app.py train-tiny --out assets/tiny-llava-shapes                 # stage 1 (v1, from scratch) + stage 2
+    python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
+
+Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
+v1's, new output rows N(0, 0.02)) and keeps the architecture (64 visual tokens per image, CLS, 8 decoder layers).
+The vision tower is frozen (v1 trained it with its per-patch auxiliary losses; every token-selection method reads
+it); the projector and the decoder train. Each step: an image batch (1-5 turn conversations over the five v1 kinds
+and descriptions) and a video batch (frames pooled to a per-clip side x side grid, 2..8, or full 8x8).
+Training-only aux losses, as in v1 (heads not saved): content token -> answer at decoder layer 2 (`--w-ds`), and
+decoder layer 0 head 0's attention from the content token (and from each described object's opening `a`) onto the
+image tokens of the cell it is about (`--w-att`). A checkpoint for `--resume` is written at every evaluation; the
+best model (by its worst kind on the check set) is saved to --out. Deterministic for a seed and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import arch
+from .batches import IMAGE_KINDS, image_batch, video_batch
+from .clips import VIDEO_KINDS
+from .train import Vocab, lm_loss, save_model
+
+
+def grow(model, vocab: int, seed: int):
+    """Resize embeddings and LM head to `vocab` rows in place; v1 rows kept, new rows initialised as v1's were."""
+    old = model.config.text_config.vocab_size
+    if old >= vocab:
+        return model
+    g = torch.Generator().manual_seed(seed)
+    emb, head = model.model.language_model.embed_tokens, model.lm_head
+    new_e = torch.nn.Embedding(vocab, emb.weight.shape[1], padding_idx=emb.padding_idx)
+    new_h = torch.nn.Linear(head.weight.shape[1], vocab, bias=False)
+    with torch.no_grad():
+        new_e.weight.copy_(torch.cat([emb.weight, torch.randn(vocab - old, emb.weight.shape[1], generator=g)]))
+        new_h.weight.copy_(torch.cat([head.weight, 0.02 * torch.randn(vocab - old, head.weight.shape[1], generator=g)]))
+    model.model.language_model.embed_tokens, model.lm_head = new_e, new_h
+    model.config.text_config.vocab_size = vocab
+    return model
+
+
+def visual_features(model, pixel_values, sides, frames):
+    """Frozen tower -> per-frame average pooling to side x side -> projector. Returns [sum_f side_f^2, D]."""
+    with torch.no_grad():
+        hs = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
+    n = int(math.isqrt(hs.shape[1]))
+    out, f0 = [], 0
+    for side, t in zip(sides, frames):
+        x = hs[f0:f0 + t]
+        f0 += t
+        if side != n:  # same pooling as methods/_util.pool_grid (adaptive average pool over the patch grid)
+            g = x.transpose(1, 2).reshape(t, -1, n, n)
+            x = F.adaptive_avg_pool2d(g, side).flatten(2).transpose(1, 2)
+        out.append(x.reshape(-1, x.shape[-1]))
+    return model.model.multi_modal_projector(torch.cat(out))
+
+
+def forward(model, b, ds_layer: int | None):
+    feats = visual_features(model, b["pixel_values"], b["sides"], b["frames"])
+    emb = model.model.language_model.get_input_embeddings()(b["input_ids"])
+    mask = (b["input_ids"] == model.config.image_token_id).unsqueeze(-1)
+    emb = emb.masked_scatter(mask, feats.to(emb.dtype))
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=b["attention_mask"],
+                                      output_hidden_states=ds_layer is not None)
+    mid = out.hidden_states[ds_layer] if ds_layer is not None else None
+    return emb, model.lm_head(out.last_hidden_state), mid
+
+
+def attention_loss(model, emb, b, layer: int = 0, head: int = 0):
+    """-log(attention mass of one head of decoder `layer`, at each query position, on its target tokens)."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    rows, cols, tmask = b["at_rows"], b["at_cols"], b["at_mask"]
+    lm = model.model.language_model
+    attn = lm.layers[layer].self_attn
+    d = attn.head_dim
+    x = lm.layers[layer].input_layernorm(emb)
+    L = x.shape[1]
+    cos, sin = lm.rotary_emb(x, position_ids=torch.arange(L).unsqueeze(0))
+    cos, sin = cos[0], sin[0]
+    kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
+    k = attn.k_proj(x[rows]).view(len(rows), L, -1, d)[:, :, kv]
+    k = k * cos + rotate_half(k) * sin
+    q = attn.q_proj(x[rows, cols]).view(len(rows), -1, d)[:, head]
+    q = q * cos[cols] + rotate_half(q) * sin[cols]
+    sc = torch.einsum("nd,nld->nl", q, k) * attn.scaling
+    sc = sc.masked_fill(torch.arange(L).unsqueeze(0) > cols.unsqueeze(1), float("-inf"))
+    return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6).mean()
+
+
+# ------------------------------------------------------------------------------------------ check set
+
+
+def make_check(seed: int, voc: Vocab, n_img: int, n_vid: int):
+    """Fixed check batches (training renderer): image conversations of 1-4 turns; 8-frame clips, full and 4x4."""
+    rng = np.random.default_rng(seed)
+    imgs = [image_batch(rng, voc, 25, turns=(1, 4)) for _ in range(n_img // 25)]
+    vids = []
+    for side in (8, 4):
+        r = np.random.default_rng(seed + 1)  # the same clips at both sides
+        vids += [(side, video_batch(r, voc, 10, frames=(8, 8), qa=(1, 1), side=side)) for _ in range(n_vid // 10)]
+    return imgs, vids
+
+
+@torch.no_grad()
+def evaluate(model, check) -> dict:
+    """Teacher-forced: a turn is right when every answer token (and </s>) is the argmax (= greedy's output)."""
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    imgs, vids = check
+    for tag, b in [("", b) for b in imgs] + [("" if s == 8 else f"@{s}x{s}", b) for s, b in vids]:
+        _, logits, _ = forward(model, b, None)
+        pred = logits.argmax(-1)
+        for i, spans in enumerate(b["turns"]):
+            for t, (a, e, kind) in enumerate(spans):
+                ok = bool((pred[i, a - 1:e - 1] == b["input_ids"][i, a:e]).all())
+                hits.setdefault(kind + tag, []).append(ok)
+                if not tag and kind in IMAGE_KINDS:
+                    hits.setdefault(f"turn{min(t + 1, 4)}", []).append(ok)
+    model.train()
+    return {k: round(100.0 * float(np.mean(v)), 1) for k, v in sorted(hits.items())}
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m backends.tiny.train_v2", description=__doc__.split("\n")[0])
+    p.add_argument("--init", default="assets/tiny-llava-shapes", help="v1 model folder to start from")
+    p.add_argument("--out", default="assets/tiny-llava-shapes")
+    p.add_argument("--ckpt", default=None, help="resume checkpoint file (default: <out>.ckpt.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from --ckpt")
+    p.add_argument("--seed", type=int, default=0, help="new rows/heads seed+2; data seed+2000; check set seed+2999")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--images", type=int, default=12, help="image conversations per step")
+    p.add_argument("--clips", type=int, default=4, help="video clips per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--min-lr-frac", type=float, default=0.05)
+    p.add_argument("--w-ds", type=float, default=0.5)
+    p.add_argument("--w-att", type=float, default=0.3)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--log", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    import transformers
+    from tqdm import tqdm
+    from transformers import AutoModelForImageTextToText
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    out = Path(args.out)
+    ckpt = Path(args.ckpt or str(out).rstrip("/") + ".ckpt.pt")
+    logf = open(args.log, "a") if args.log else None
+
+    def log(msg: str):
+        tqdm.write(msg)
+        if logf:
+            logf.write(msg + "\n")
+            logf.flush()
+
+    processor = arch.build_processor()
+    voc = Vocab(processor.tokenizer)
+    model = AutoModelForImageTextToText.from_pretrained(args.init, dtype=torch.float32)
+    model = grow(model, arch.VOCAB_SIZE, args.seed + 2)
+    model.config.dynamic_vlm_trained = True  # read by methods/dynamic_vlm.py: trained for variable per-frame counts
+    model.generation_config.max_new_tokens = 48
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(args.seed + 2)
+    ds_head = torch.nn.Linear(model.config.text_config.hidden_size, arch.VOCAB_SIZE)
+    params = [p for p in model.parameters() if p.requires_grad] + list(ds_head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    rng = np.random.default_rng(args.seed + 2000)
+    start, curve, best, ema = 1, [], None, {}
+    if args.resume and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)  # our own file, written below
+        model.load_state_dict(st["model"])
+        ds_head.load_state_dict(st["ds_head"])
+        opt.load_state_dict(st["opt"])
+        rng.bit_generator.state = st["rng"]
+        start, curve, best, ema = st["step"] + 1, st["curve"], st["best"], st["ema"]
+        t0 -= st["minutes"] * 60
+        log(f"# resumed at step {start} from {ckpt}")
+    check = make_check(args.seed + 2999, voc, 250, 120)
+    model.train()
+    log(f"# python -m backends.tiny.train_v2 {' '.join(argv)}")
+    bar = tqdm(range(start, args.steps + 1), desc="train v2", mininterval=10, disable=None)
+    for step in bar:
+        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        lr = args.lr * (step / args.warmup if step <= args.warmup else
+                        args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, parts = 0.0, {}
+        for name, b in (("img", image_batch(rng, voc, args.images)), ("vid", video_batch(rng, voc, args.clips))):
+            emb, logits, mid = forward(model, b, 2 if args.w_ds > 0 else None)
+            l_lm = lm_loss(logits, b["labels"])
+            loss = loss + l_lm
+            parts[f"lm_{name}"] = l_lm.item()
+            if args.w_ds > 0 and len(b["ds_rows"]):
+                l_ds = F.cross_entropy(ds_head(mid[b["ds_rows"], b["ds_cols"]]), b["ds_tgt"])
+                loss = loss + args.w_ds * l_ds
+                parts[f"ds_{name}"] = l_ds.item()
+            if args.w_att > 0 and len(b["at_rows"]):
+                l_att = attention_loss(model, emb, b)
+                loss = loss + args.w_att * l_att
+                parts[f"att_{name}"] = l_att.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        for k, v in parts.items():
+            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
+        if step % 25 == 0:
+            bar.set_postfix({k: f"{v:.2f}" for k, v in ema.items()})
+        if step % 100 == 0 and bar.disable:  # no terminal: a progress line in the log instead of the bar
+            log(f"  step {step}/{args.steps} {(time.time() - t0) / 60:.1f} min  "
+                + " ".join(f"{k} {v:.3f}" for k, v in ema.items()))
+        if step % args.eval_every == 0 or step == args.steps:
+            acc = evaluate(model, check)
+            minutes = (time.time() - t0) / 60
+            curve.append(dict(step=step, minutes=round(minutes, 1), **acc, **{f"loss_{k}": round(v, 4)
+                                                                                for k, v in ema.items()}))
+            log(f"step {step:5d} {minutes:6.1f} min  " + " ".join(f"{k} {v:.1f}" for k, v in acc.items())
+                + "  | " + " ".join(f"{k} {v:.3f}" for k, v in ema.items()))
+            keys = IMAGE_KINDS + VIDEO_KINDS + ["turn2", "turn3", "turn4"]
+            score = (min(acc.get(k, 0.0) for k in keys), float(np.mean(list(acc.values()))))
+            if best is None or score >= tuple(best[0]):
+                best = (score, step, acc)
+                save_model(model, processor, out)
+                log(f"  saved best (step {step}) -> {out}")
+            torch.save(dict(model=model.state_dict(), ds_head=ds_head.state_dict(), opt=opt.state_dict(),
+                            rng=rng.bit_generator.state, step=step, curve=curve, best=best, ema=ema, minutes=minutes),
+                       ckpt)
+    minutes = (time.time() - t0) / 60
+    info = dict(command="python -m backends.tiny.train_v2 " + " ".join(argv), args=vars(args),
+                seeds=dict(new_rows_and_heads=args.seed + 2, train_data=args.seed + 2000,
+                           check_set=args.seed + 2999),
+                steps=args.steps, best_step=best[1], check_accuracy_best=best[2], curve=curve,
+                minutes=round(minutes, 1),
+                versions=dict(python=platform.python_version(), torch=torch.__version__,
+                              transformers=transformers.__version__, numpy=np.__version__),
+                params=sum(p.numel() for p in model.parameters()))
+    (out / "training_v2.json").write_text(json.dumps(info, indent=1) + "\n")
+    log(f"# done in {minutes:.1f} min; best step {best[1]}")
+    return info
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
