@@ -1,6 +1,6 @@
 """Stage 2 of the built-in model (v2): grow v1 into long answers, conversations and video.
 
-    python app.py train-tiny --out assets/tiny-llava-shapes                 # stage 1 (v1, from scratch) + stage 2
+    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stage 1 (v1, from scratch) + stage 2
     python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
 
 Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
@@ -263,6 +263,26 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "training_v2.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"# done in {minutes:.1f} min; best step {best[1]}")
     return info
+
+
+def pipeline(argv: list[str] | None = None) -> int:
+    """`python app.py train-tiny`: the shipped model from one command. Without --init, stage 1 (v1 from scratch,
+    `train.py`'s recipe, ~65 min on one thread) writes <out>-v1 first; stage 2 (this module) grows it into v2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog="python app.py train-tiny", description=pipeline.__doc__.split("\n")[0])
+    p.add_argument("--out", default="assets/tiny-llava-shapes")
+    p.add_argument("--init", default=None, help="an existing v1 folder: skip stage 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    known, rest = p.parse_known_args(argv)
+    init = known.init
+    if init is None:
+        from .train import main as stage1
+
+        init = str(known.out).rstrip("/") + "-v1"
+        stage1(["--out", init, "--seed", str(known.seed), "--threads", str(known.threads)])
+    main(["--init", init, "--out", known.out, "--seed", str(known.seed), "--threads", str(known.threads), *rest])
+    return 0
 
 
 if __name__ == "__main__":
