@@ -29,7 +29,19 @@ def normalize(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def load_items(path: str | Path, settings: Settings) -> list[dict]:
+def answer_f1(pred: str, answer: str) -> float:
+    """Object-level F1 when the reference names objects ("a red circle at the top left, ..."), else exact match:
+    one wrong object in a four-object description costs a quarter, not the whole answer."""
+    from backends.tiny.scenes import object_f1, objects_of
+
+    if objects_of(answer):
+        return object_f1(pred, answer)
+    return float(normalize(pred) == normalize(answer))
+
+
+def load_items(path: str | Path, settings: Settings, frames: int | None = None) -> list[dict]:
+    """Lines of a JSONL file with their media read; video lines sampled as the app samples (`frames`, default the
+    deployment's)."""
     path = Path(path)
     if not path.is_file():
         raise RequestError(f"data file not found: {path}")
@@ -40,8 +52,8 @@ def load_items(path: str | Path, settings: Settings) -> list[dict]:
         try:
             item = json.loads(line)
             key = "image" if "image" in item else "video"
-            item["media"] = (media.image_media if key == "image" else media.video_media)(path.parent / item[key],
-                                                                                        settings)
+            item["media"] = (media.image_media(path.parent / item[key], settings) if key == "image"
+                             else media.video_media(path.parent / item[key], settings, frames))
             item["question"], item["answer"] = str(item["question"]), str(item["answer"])
         except (KeyError, json.JSONDecodeError) as e:
             raise RequestError(f"{path.name} line {n}: needs image (or video), question and answer ({e})") from None
@@ -76,11 +88,16 @@ def evaluate(lm, items: list[dict], specs: list[MethodSpec], settings: Settings,
             bar.update(1)
         answers[spec.name + json.dumps(spec.params, sort_keys=True)] = preds
         correct = [normalize(p) == normalize(it["answer"]) for p, it in zip(preds, items)]
+        f1 = [answer_f1(p, it["answer"]) for p, it in zip(preds, items)]
+        f1_kind = defaultdict(list)
+        for v, it in zip(f1, items):
+            f1_kind[it.get("kind", "all")].append(v)
         base = next((v for k, v in answers.items() if k.startswith("baseline")), None)
         agree = None if base is None else sum(normalize(a) == normalize(b) for a, b in zip(preds, base)) / len(preds)
         out.append({"method": spec.name, "params": spec.params, "accuracy": sum(correct) / len(correct),
                     "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
-                    "agreement_with_baseline": agree, "mean_latency_ms": sum(lat) / len(lat)})
+                    "agreement_with_baseline": agree, "mean_latency_ms": sum(lat) / len(lat),
+                    "f1": sum(f1) / len(f1), "f1_by_kind": {k: sum(v) / len(v) for k, v in sorted(f1_kind.items())}})
     bar.close()
     return out
 
@@ -94,7 +111,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--keep", type=float, default=None)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE")
     p.add_argument("--model", default=BUILTIN)
-    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=48, help="default fits a four-object description")
+    p.add_argument("--frames", type=int, default=8, help="frames sampled from each video line (as the app does)")
     p.add_argument("--shuffle-images", action="store_true", help="pair each question with another item's image")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -102,7 +120,7 @@ def main(argv: list[str]) -> int:
     try:
         names = ["baseline"] + [m for m in args.methods.split(",") if m.strip() and m.strip() != "baseline"]
         specs = method_specs(",".join(names), args.keep, parse_sets(args.set))
-        items = load_items(args.data, settings)
+        items = load_items(args.data, settings, args.frames)
         lm = load_model(args.model, settings)
     except (RequestError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -119,5 +137,6 @@ def main(argv: list[str]) -> int:
         for r in results:
             kinds = " ".join(f"{k}={v:.3f}" for k, v in r["by_kind"].items())
             agree = "-" if r["agreement_with_baseline"] is None else f"{r['agreement_with_baseline']:.3f}"
-            print(f"{r['method']:<14} acc={r['accuracy']:.3f} agree={agree} {r['mean_latency_ms']:.1f} ms  {kinds}")
+            print(f"{r['method']:<14} acc={r['accuracy']:.3f} f1={r['f1']:.3f} agree={agree} "
+                  f"{r['mean_latency_ms']:.1f} ms  {kinds}")
     return 0

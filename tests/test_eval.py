@@ -52,3 +52,15 @@ def test_eval_bad_data(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     assert main(["eval", "--data", str(tmp_path / "bad.jsonl")]) == 2
     assert "line 1: needs image (or video), question and answer" in capsys.readouterr().err
+
+
+def test_answer_f1_scores_descriptions_by_object():
+    from backends.evaluate import answer_f1
+
+    ref = ("a red circle at the top left, a blue square at the center, a green triangle at the middle right "
+           "and a yellow circle at the bottom right")
+    assert answer_f1(ref.upper() + ".", ref) == 1.0
+    three = "a red circle at the top left, a blue square at the center and a green triangle at the middle right"
+    assert answer_f1(three, ref) == 2 * 3 / (3 + 4)  # one object missed: 0.857, not 0
+    assert answer_f1("a red square at the top left", "a red circle at the top left") == 0.0
+    assert answer_f1("Two.", "two") == 1.0 and answer_f1("three", "two") == 0.0  # one-word answers: exact match
