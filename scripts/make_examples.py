@@ -38,11 +38,15 @@ SCENES = {
     "blue_count.png": ([(0, "triangle", "blue", 0.6, (0.1, 0.05)), (5, "circle", "blue", 0.5, (0, -0.1)),
                         (6, "square", "red", 0.8, (0, 0)), (2, "triangle", "purple", 0.45, (-0.1, 0.1))],
                        "how many blue shapes are there?"),
+    "describe.png": ([(0, "circle", "red", 0.65, (0, 0)), (2, "square", "green", 0.6, (-0.05, 0.05)),
+                      (4, "triangle", "blue", 0.7, (0, 0)), (7, "circle", "orange", 0.55, (0.1, -0.05))],
+                     "describe the image"),
 }
 
 
-def draw(objs, side: int = SIDE) -> Image.Image:
-    """One scene as an RGB image; `objs` are (cell, shape, colour, size, (dx, dy)) tuples."""
+def draw(objs, side: int = SIDE, clamp: bool = True) -> Image.Image:
+    """One scene as an RGB image; `objs` are (cell, shape, colour, size, (dx, dy)) tuples, (dx, dy) in cell units
+    (kept inside the cell unless clamp=False: a moving object passes between cells)."""
     n = side * SS
     img = Image.new("RGB", (n, n), BACKGROUND)
     d, cell = ImageDraw.Draw(img), n / 3
@@ -52,8 +56,9 @@ def draw(objs, side: int = SIDE) -> Image.Image:
         s = size * cell
         # keep the whole shape inside its cell, as the training scenes do
         slack = (cell - s) / 2
-        cx = (c % 3 + 0.5) * cell + float(np.clip(dx * cell, -slack, slack))
-        cy = (c // 3 + 0.5) * cell + float(np.clip(dy * cell, -slack, slack))
+        lim = slack if clamp else 3 * cell
+        cx = (c % 3 + 0.5) * cell + float(np.clip(dx * cell, -lim, lim))
+        cy = (c // 3 + 0.5) * cell + float(np.clip(dy * cell, -lim, lim))
         box = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
         if shape == "circle":
             d.ellipse(box, fill=RGB[colour])
@@ -65,21 +70,23 @@ def draw(objs, side: int = SIDE) -> Image.Image:
 
 
 def video_frames(kind: str, n: int = 16) -> list[Image.Image]:
-    """Frames of a short clip: a square sliding along the middle row, or shapes appearing one by one."""
-    if kind == "moving":
-        static = [(0, "circle", "yellow", 0.6, (0, 0))]
-        return [draw(static + [(3 + min(2, 3 * i // n), "square", "blue", 0.6,
-                                ((3 * i / n) % 1 - 0.5, 0))]) for i in range(n)]
-    steps = [(0, "circle", "red", 0.6, (0, 0)), (4, "triangle", "green", 0.7, (0, 0)),
-             (8, "square", "purple", 0.55, (0, 0)), (2, "circle", "orange", 0.5, (0, 0))]
-    return [draw(steps[: 1 + 4 * i // n]) for i in range(n)]
+    """Frames of a short clip in the built-in model's video task: one object moving at a steady pace along a
+    straight path of one or two cells (frame i at t = i / (n - 1)), the others still."""
+    if kind == "moving":  # a blue square slides right across the middle row, a yellow circle stays at the top left
+        still, (cell, shape, colour, size), cells, (dr, dc) = [(0, "circle", "yellow", 0.6, (0, 0))], \
+            (3, "square", "blue", 0.6), 2, (0, 1)
+    else:  # "rising": a red triangle moves up from the bottom middle to the centre, a green circle at the top right
+        still, (cell, shape, colour, size), cells, (dr, dc) = [(2, "circle", "green", 0.55, (0, 0))], \
+            (7, "triangle", "red", 0.65), 1, (-1, 0)
+    return [draw(still + [(cell, shape, colour, size, (dc * cells * i / (n - 1), dr * cells * i / (n - 1)))],
+                 clamp=False) for i in range(n)]
 
 
 def write_video(path: Path, frames: list[Image.Image], fps: int = 8) -> None:
     import cv2  # only the videos need OpenCV
 
     w, h = frames[0].size
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP90"), fps, (w, h))
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"vp09"), fps, (w, h))
     if not out.isOpened():
         raise RuntimeError("OpenCV cannot write VP9 WebM here")
     for f in frames:
@@ -93,7 +100,8 @@ def main() -> int:
     for name, (objs, question) in SCENES.items():
         draw(objs).save(OUT / name, optimize=True)
         listing["images"].append({"file": name, "prompt": question})
-    for kind, question in (("moving", "how many shapes are there?"), ("appearing", "is there a red circle?")):
+    for kind, question in (("moving", "which way does the blue square move?"),
+                           ("rising", "what shape is at the center at the end?")):
         write_video(OUT / f"{kind}.webm", video_frames(kind))
         listing["videos"].append({"file": f"{kind}.webm", "prompt": question})
     (OUT / "examples.json").write_text(json.dumps(listing, indent=1) + "\n")
