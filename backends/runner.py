@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 from transformers import DynamicCache
 
-from backends import media
+from backends import media, turns
 from backends.measure import MAX_REPEATS, STABLE, cache_bytes, clock, flop_ideal, peak_memory, timed_runs
 from backends.models import LoadedModel
 from backends.settings import Settings
 from backends.state import RunState
-from backends.types import Memory, RunRequest, RunResult, Timings, VisualTokens
+from backends.types import Memory, RunRequest, RunResult, Timings, VisualTokens, check_follow_ups
 from methods import registry
 
 
@@ -74,23 +75,27 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return set(eos if isinstance(eos, list) else [eos])
 
 
-def _once(lm: LoadedModel, method, frames: list, prompt: str, max_new: int, seed: int) -> dict:
-    """One full run. Returns the answer, token ids, stage times (s), memory and the final state."""
+def _once(lm: LoadedModel, method, frames: list, prompt: str, max_new: int, seed: int,
+          follow_ups: tuple[str, ...] = ()) -> dict:
+    """One full run (every turn of the conversation). Returns turn 1's answer, token ids, stage times (s),
+    memory and the final state, and each later turn's under "more" (see backends/turns.py)."""
     ad, dev = lm.adapter, lm.device
     eos = _eos_ids(lm)
     torch.manual_seed(seed)
-    with peak_memory(dev) as peak, torch.inference_mode():
-        t0 = clock(dev)
-        inputs = ad.preprocess(frames, prompt)
-        t1 = clock(dev)
-        pv = inputs["pixel_values"].to(dev, lm.dtype if lm.dtype.is_floating_point else None)
-        state = RunState(ad, inputs["input_ids"].to(dev), pv, prompt, seed=seed)
-        with method.apply(state):
+    with ExitStack() as hooks, torch.inference_mode():  # the method's hooks stay live across every turn
+        with peak_memory(dev) as peak:
+            t0 = clock(dev)
+            inputs = ad.preprocess(frames, prompt)
+            t1 = clock(dev)
+            pv = inputs["pixel_values"].to(dev, lm.dtype if lm.dtype.is_floating_point else None)
+            state = RunState(ad, inputs["input_ids"].to(dev), pv, prompt, seed=seed)
+            hooks.enter_context(method.apply(state))
             method.encode(state)
             method.reduce(state)
             embeds, position_ids = build_sequence(state)
             t2 = clock(dev)
-            cache = DynamicCache(config=ad.text_config)
+            cache = state.cache = DynamicCache(config=ad.text_config)
+            state.query = torch.arange(int(state.visual_slots.max()) + 1, state.seq_len, device=dev)
             mask = torch.ones(1, embeds.shape[1], dtype=torch.long, device=dev)  # explicit: gapped positions
             out = ad.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                                     cache=cache, use_cache=True)
@@ -108,8 +113,16 @@ def _once(lm: LoadedModel, method, frames: list, prompt: str, max_new: int, seed
                 nxt += 1
             t4 = clock(dev)
             kv_end = cache_bytes(cache)
-    answer_ids = [t for t in tokens if t not in eos]
-    return {"tokens": tokens, "answer": lm.processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+        answer_ids = [t for t in tokens if t not in eos]
+        answer = lm.processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+        seen, more = turns.snapshot(state), []
+        for k in range(len(follow_ups)):  # turn k + 2 on the cache this method left
+            prev = more[-1] if more else {"tokens": tokens, "answer": answer, "next": nxt}
+            more.append(turns.follow_up(lm, state, [prompt, *follow_ups[:k + 1]],
+                                        [answer] + [m["answer"] for m in more], prev["tokens"][-1], prev["next"],
+                                        max_new, eos))
+            more[-1]["seen"] = turns.snapshot(state)
+    return {"tokens": tokens, "answer": answer, "seen": seen, "more": more,
             "times": (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), "peak": peak, "kv": (kv_prefill, kv_end),
             "state": state, "probs": [q for t, q in zip(tokens, probs) if t not in eos] or probs}
 
@@ -134,33 +147,38 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
     frames = frames if frames is not None else media.frames_of(req.media, settings)
     gen = req.generation
     seed = int(getattr(method, "seed", 0))
+    ups = tuple(media.check_prompt(q, settings) for q in check_follow_ups(req.follow_ups, settings.max_prompt_chars))
+    turns.check_context(lm.processor, getattr(lm.adapter.text_config, "max_position_embeddings", None),
+                        int(lm.adapter.preprocess(frames, prompt)["input_ids"].shape[1]), [prompt, *ups],
+                        gen.max_new_tokens, len(frames))
     started = time.time()
     for _ in range(gen.warmup):
-        _once(lm, method, frames, prompt, min(2, gen.max_new_tokens), seed)
-    runs = timed_runs(lambda: _once(lm, method, frames, prompt, gen.max_new_tokens, seed), gen)
+        _once(lm, method, frames, prompt, min(2, gen.max_new_tokens), seed, ups)
+    runs = timed_runs(lambda: _once(lm, method, frames, prompt, gen.max_new_tokens, seed, ups), gen)
     last, state = runs[-1], runs[-1]["state"]
-    if any(r["tokens"] != last["tokens"] for r in runs):
+    if any([r["tokens"], *(m["tokens"] for m in r["more"])] != [last["tokens"], *(m["tokens"] for m in last["more"])]
+           for r in runs):
         raise RuntimeError("repeated runs gave different tokens: the run is not deterministic")
     n_out = len(last["tokens"])
     timings = _timings(tuple(statistics.median(r["times"][i] for r in runs) for i in range(5)), n_out)
     probs = [float(p) for p in last["probs"]]
-    n_layers = len(lm.adapter.layers)
-    per_layer = state.per_layer or [state.visual_kept] * n_layers
+    per_layer = last["seen"]["per_layer"]  # turn 1's (a KV method may change them at later turns)
     peak = max(r["peak"].bytes for r in runs)
     return RunResult(
         method=method.name, params=method.params(), ok=True, answer=last["answer"], output_tokens=n_out,
         output_ids=list(last["tokens"]),
-        visual_tokens=VisualTokens(input=state.visual_in, kept=state.visual_kept, per_layer=per_layer,
+        visual_tokens=VisualTokens(input=state.visual_in, kept=last["seen"]["kept"], per_layer=per_layer,
                                    effective=sum(per_layer) / len(per_layer)),
         timings_ms=timings, timings_ms_all=[_timings(r["times"], n_out) for r in runs],
         confidence={"mean": round(statistics.fmean(probs), 4), "min": round(min(probs), 4)} if probs else {},
         flop_ideal_speedup=round(flop_ideal(lm.adapter, state, per_layer, n_out, len(frames)), 3),
         memory=Memory(peak_bytes=peak, peak_kind=last["peak"].kind, kv_cache_bytes=last["kv"][1],
                       kv_cache_bytes_prefill=last["kv"][0]),
-        kept_map=state.kept_maps(),
+        kept_map=last["seen"]["kept_map"],
         stage_maps=[[m.reshape(state.grid).tolist() for m in stage] for stage in state.stage_maps],
         info={"positions": state.positions, "seq_len": state.seq_len, **state.info},
         measurement=measurement(lm, gen, started, len(runs)),
+        turns=turns.turn_list(runs, [prompt, *ups], state.visual_in, _timings),
         index=req.index,
     )
 

@@ -64,6 +64,10 @@ class RunState:
     visual_slots: torch.Tensor | None = None  # [V] sequence indices of the visual tokens entering the LLM
     seq_len: int = 0  # LLM prompt length after reduction
     next_position: int = 0  # position id of the first generated token
+    # Conversations (backends/turns.py): KV-cache methods read these from their hooks.
+    cache: Any = None  # the run's transformers Cache, created before the first prefill and carried across turns
+    turn: int = 0  # 0: the first question (the multimodal prefill); k: the k-th follow-up
+    query: torch.Tensor | None = None  # rows of the current prefill that are this turn's question tokens
 
     def encode_vision(self) -> None:
         """Default vision stage: run the tower to the feature layer, one `FrameTokens` per frame, all kept."""

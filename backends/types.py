@@ -19,6 +19,10 @@ class RequestError(ValueError):
     """Bad input from a user (file, prompt, method, parameter): the message is shown to them as is."""
 
 
+# Long enough for the built-in model's longest answer (a four-object description is ~31 tokens + </s>).
+DEFAULT_MAX_NEW_TOKENS = 48
+
+
 @dataclass
 class MethodSpec:
     """One method to run: its registry name and parameter overrides (the rest take the paper's defaults)."""
@@ -37,7 +41,7 @@ class MethodSpec:
 class GenerationSettings:
     """Decoding settings. Greedy only: a comparison must not depend on sampling luck."""
 
-    max_new_tokens: int = 16
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     warmup: int = 1  # untimed full runs before the timed ones (first-call allocations, kernel selection)
     repeats: int = 1  # timed runs (at least); timings are their median, their spread is reported too
     # more timed runs (up to 20) while the totals spread over 10% of their median and this many seconds of
@@ -85,9 +89,11 @@ class Comparison:
     methods: list[MethodSpec]
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     model: str = "builtin"
+    follow_ups: list[str] = field(default_factory=list)  # later questions of the same conversation, in order
 
     def requests(self) -> list[RunRequest]:
-        return [RunRequest(self.media, self.prompt, m, self.generation, self.model) for m in self.methods]
+        return [RunRequest(self.media, self.prompt, m, self.generation, self.model, follow_ups=list(self.follow_ups))
+                for m in self.methods]
 
 
 @dataclass
@@ -100,6 +106,7 @@ class RunRequest:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     model: str = "builtin"
     index: int = 0  # position of this run in its comparison (results stream in finishing order)
+    follow_ups: list[str] = field(default_factory=list)  # turns 2.. on the KV cache the method left (see turns.py)
 
 
 @dataclass
@@ -132,6 +139,40 @@ class Memory:
 
 
 @dataclass
+class Turn:
+    """One turn of a conversation: its question, answer and what that turn measured (turn 1 = the top level)."""
+
+    prompt: str = ""
+    answer: str = ""
+    output_ids: list[int] = field(default_factory=list)
+    timings_ms: Timings = field(default_factory=Timings)  # turn 2..: preprocess = rendering + tokenising, vision 0
+    memory: Memory = field(default_factory=Memory)  # kv_cache_bytes_prefill: after this turn's prefill
+    visual_tokens: VisualTokens = field(default_factory=VisualTokens)  # per_layer: visual KV each layer attends to
+    kept_map: list[list[list[float]]] = field(default_factory=list)
+
+
+MAX_TURNS = 8  # questions per conversation (the first + 7 follow-ups)
+
+
+def check_follow_ups(follow_ups: object, max_chars: int) -> list[str]:
+    """Validated follow-up questions (stripped): a list of non-empty strings, at most MAX_TURNS - 1."""
+    if follow_ups in (None, ""):
+        return []
+    if not isinstance(follow_ups, list) or not all(isinstance(q, str) for q in follow_ups):
+        raise RequestError("follow_ups must be a list of questions")
+    out = [q.strip() for q in follow_ups]
+    for i, q in enumerate(out, 2):
+        if not q:
+            raise RequestError(f"follow-up question {i - 1} (turn {i}) is empty: ask something or remove it")
+        if len(q) > max_chars:
+            raise RequestError(f"follow-up question {i - 1} has {len(q)} characters; the limit is {max_chars}")
+    if len(out) + 1 > MAX_TURNS:
+        raise RequestError(f"the conversation has {len(out) + 1} turns; the limit is {MAX_TURNS} (the first "
+                           f"question and {MAX_TURNS - 1} follow-ups)")
+    return out
+
+
+@dataclass
 class RunResult:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +191,7 @@ class RunResult:
     stage_maps: list[list[list[list[float]]]] = field(default_factory=list)  # per stage, like kept_map
     info: dict[str, Any] = field(default_factory=dict)  # method facts: positions, kernel, frozen layers, ...
     measurement: dict[str, Any] = field(default_factory=dict)  # how the numbers were taken
+    turns: list[Turn] = field(default_factory=list)  # every turn, the first mirroring the fields above
     index: int = 0
     worker: str = ""
 
@@ -189,7 +231,8 @@ _NESTED = {
     ("RunRequest", "method"): MethodSpec, ("RunRequest", "generation"): GenerationSettings,
     ("RunResult", "visual_tokens"): VisualTokens, ("RunResult", "timings_ms"): Timings,
     ("RunResult", "timings_ms_all"): Timings,
-    ("RunResult", "memory"): Memory,
+    ("RunResult", "memory"): Memory, ("RunResult", "turns"): Turn, ("Turn", "timings_ms"): Timings,
+    ("Turn", "memory"): Memory, ("Turn", "visual_tokens"): VisualTokens,
 }
 
 

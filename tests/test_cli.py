@@ -96,7 +96,7 @@ def test_compare_pre_llm_methods_at_a_budget(random_model_dir, scene_png):
     runs = {r["method"]: r for r in json.loads(p.stdout)["runs"]}
     assert list(runs) == names.split(",") and all(r["ok"] for r in runs.values())
     assert runs["random"]["params"] == {"keep": 0.25, "seed": 3, "positions": "reindex"}
-    assert runs["sparsevila"]["params"] == {"keep": 0.25}  # --keep overrides the paper default 0.4
+    assert runs["sparsevila"]["params"] == {"keep": 0.25, "retrieve": 0.25}  # --keep overrides the default 0.4
     for name in ("random", "downsample", "folder", "sparsevila", "dynamic_vlm"):
         assert runs[name]["visual_tokens"]["kept"] == 16
         shares = [v for row in runs[name]["kept_map"][0] for v in row]

@@ -56,6 +56,8 @@ def check_rule(name: str, res) -> None:
         assert vt.per_layer[-1] == res.info["adaptive_kept"] and 1 <= res.info["adaptive_kept"] <= N
     elif name == "shortv":
         assert vt.per_layer.count(0) == round(19 * 8 / 32) and len(res.info["frozen_layers"]) == 5
+    elif name == "aircache":  # every token is prefilled; each layer's KV keeps its budget, budgets average R x N
+        assert vt.kept == N and sum(vt.per_layer) == round(R * N * 8) and vt.per_layer == res.info["layer_budgets"]
     else:
         assert cls.budget_field, f"{name}: no counting rule known to the test matrix; add one"
         assert vt.kept == round(R * N)
