@@ -3,7 +3,9 @@
 Each line of FILE.jsonl is {"image": path relative to the file, "question": ..., "answer": ...} (or "video"
 instead of "image"; an optional "kind" groups the accuracy). Per method: accuracy (normalised exact match),
 accuracy per kind, agreement with the baseline's answers, mean latency (total ms, one timed run per item
-after one warm-up run per method). Works for any model the app loads; a progress bar goes to stderr.
+after one warm-up run per method). Lines with "turns" instead of a question are conversations, answered turn by
+turn on one cache and scored per turn (backends/evaluate_turns.py). Works for any model the app loads; a
+progress bar goes to stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from backends import media, runner
 from backends.cli import method_specs, parse_sets
+from backends.evaluate_turns import evaluate_turns, parse_turns
+from backends.evaluate_turns import table as turns_table
 from backends.settings import BUILTIN, Settings
 from backends.types import GenerationSettings, MethodSpec, RequestError, RunRequest
 
@@ -54,7 +58,10 @@ def load_items(path: str | Path, settings: Settings, frames: int | None = None) 
             key = "image" if "image" in item else "video"
             item["media"] = (media.image_media(path.parent / item[key], settings) if key == "image"
                              else media.video_media(path.parent / item[key], settings, frames))
-            item["question"], item["answer"] = str(item["question"]), str(item["answer"])
+            if "turns" in item:  # a conversation: backends/evaluate_turns.py
+                item["turns"] = parse_turns(item, f"{path.name} line {n}")
+            else:
+                item["question"], item["answer"] = str(item["question"]), str(item["answer"])
         except (KeyError, json.JSONDecodeError) as e:
             raise RequestError(f"{path.name} line {n}: needs image (or video), question and answer ({e})") from None
         items.append(item)
@@ -128,6 +135,13 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(settings.threads)
+    if any("turns" in it for it in items):  # conversations (single questions among them count as one turn)
+        for it in items:
+            it.setdefault("turns", [{"question": it.get("question"), "answer": it.get("answer")}])
+        results = evaluate_turns(lm, items, specs, settings, args.max_new_tokens)
+        doc = {"model": lm.info(), "n": len(items), "data": str(args.data), "conversations": True, "results": results}
+        print(json.dumps(doc, indent=1) if args.json else turns_table(results))
+        return 0
     results = evaluate(lm, items, specs, settings, args.max_new_tokens, args.shuffle_images)
     doc = {"model": lm.info(), "n": len(items), "data": str(args.data), "shuffled_images": args.shuffle_images,
            "results": results}
