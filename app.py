@@ -23,11 +23,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def serve() -> None:
     from backends.pools import make_pool
     from backends.settings import Settings
+    from backends.store import open_store
     from ui.demo import build_demo, launch_options
 
     settings = Settings.from_env()
     pool = make_pool(settings)
-    demo = build_demo(pool, settings)
+    demo = build_demo(pool, settings, open_store(settings))  # saved comparisons: permalinks, recent list
     # One comparison per worker at a time; the rest wait in gradio's queue (the page shows their place).
     demo.queue(default_concurrency_limit=pool.workers).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

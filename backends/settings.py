@@ -15,6 +15,7 @@
 | `VLM_MAX_PROMPT_CHARS` | `2000` | longest accepted prompt |
 | `VLM_JOB_TIMEOUT` | `600` | seconds one run may take on a worker |
 | `REDIS_URL` | (empty) | if set, runs go to Redis workers instead of the in-process pool |
+| `VLM_STORE` | `~/.cache/vlm-compare/comparisons.sqlite3` | saved comparisons (SQLite; on Redis, in Redis) |
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Settings:
     max_prompt_chars: int = 2000
     job_timeout: int = 600
     redis_url: str = ""
+    store_path: str = "~/.cache/vlm-compare/comparisons.sqlite3"
 
     @staticmethod
     def from_env() -> Settings:
@@ -59,7 +61,7 @@ class Settings:
             max_image_pixels=int(e("VLM_MAX_IMAGE_PIXELS", "40000000")),
             max_video_seconds=float(e("VLM_MAX_VIDEO_SECONDS", "120")), frames=int(e("VLM_FRAMES", "8")),
             max_prompt_chars=int(e("VLM_MAX_PROMPT_CHARS", "2000")), job_timeout=int(e("VLM_JOB_TIMEOUT", "600")),
-            redis_url=e("REDIS_URL", ""),
+            redis_url=e("REDIS_URL", ""), store_path=e("VLM_STORE", "~/.cache/vlm-compare/comparisons.sqlite3"),
         )
 
     def models(self) -> list[str]:

@@ -31,11 +31,12 @@ def four_methods() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def client(random_model_dir):
+def client(random_model_dir, tmp_path_factory):
     from gradio_client import Client
 
-    # small limits so the limit checks run on tiny files
-    with running_app(random_model_dir, VLM_MAX_UPLOAD_MB="1", VLM_MAX_VIDEO_SECONDS="3") as url:
+    # small limits so the limit checks run on tiny files; saved comparisons go to this test's own SQLite file
+    store = str(tmp_path_factory.mktemp("store") / "saved.sqlite3")
+    with running_app(random_model_dir, VLM_MAX_UPLOAD_MB="1", VLM_MAX_VIDEO_SECONDS="3", VLM_STORE=store) as url:
         yield Client(url, verbose=False)
 
 
@@ -78,6 +79,27 @@ def test_streams_one_update_per_run(client):
     assert "median (min–max) of" in cards and "FLOP-ideal (computed)" in cards
     with open(download) as f:
         assert json.load(f) == doc
+    assert doc["saved"]["link"] == f"/?id={doc['saved']['id']}"  # stored: the page's permalink reopens it
+
+
+def test_sweep_returns_points_and_plots(client):
+    from gradio_client import handle_file
+
+    job = client.submit(image=handle_file(IMAGE), prompt="how many shapes are there?", methods=["random"],
+                        keeps="1.0, 0.25", max_new_tokens=3, repeats=1, repeat_budget_s=0, api_name="/sweep")
+    updates = list(job)
+    status, latency, agreement, points, doc = job.result()
+    assert len(updates) >= 3 and "3 of 3 sweep runs finished" in status
+    rows = [dict(zip(points["headers"], row)) for row in points["data"]]
+    assert [(r["method"], r["keep"]) for r in rows] == [("baseline", 1.0), ("random", 1.0), ("random", 0.25)]
+    assert rows[0]["agreement"] == rows[1]["agreement"] == 1.0  # keep-all reproduces the baseline exactly
+    assert rows[1]["answer"] == rows[0]["answer"] and rows[2]["flop_ideal_speedup"] > 1.0
+    for plot, y in ((latency, "total_ms"), (agreement, "agreement")):
+        assert plot["value"]["mark"] == "line" and plot["x"] == "keep" and plot["y"] == y
+        assert len(plot["value"]["data"]) == 3
+    assert [r["params"].get("keep") for r in doc["runs"][1:]] == [1.0, 0.25]
+    with pytest.raises(Exception, match=r"every keep must be in \(0, 1\], got 1.5"):
+        client.submit(image=handle_file(IMAGE), methods=["random"], keeps="1.5", api_name="/sweep").result()
 
 
 def test_failing_method_leaves_the_others(client):

@@ -1,138 +1,182 @@
-"""The page in a real browser: headless Chromium loads it, picks an example, presses Compare, waits for the
-result cards and saves a screenshot; the test checks the cards, their heatmaps and the summary are there.
+"""The page in a real browser: Playwright (python) drives Debian's Chromium (`executable_path`, never a browser
+download) against `python app.py`, as a visitor would.
 
-Chromium (Debian's /usr/bin/chromium) is driven over the DevTools protocol on a pipe
-(`--remote-debugging-pipe`: JSON messages ending in NUL on fds 3 and 4), so no driver package is needed.
-`VLM_UI_SCREENSHOT=assets/screenshot.png` also writes the screenshot there (the README's picture); the run
-uses the built-in model when it is present, else the tiny random one.
+Checks: at 1280x800 the question, the methods and Compare are in the first viewport and nothing empty sits
+there; an example comparison fills every card (maps named by method, numbers with their spread); a refused
+request leaves no card or summary of the previous one; on a 390 px phone every summary column can be scrolled
+to; a budget sweep draws its plots; a permalink reopens a comparison after the app restarts (and says so
+clearly for an unknown id); the presenter view shows cards only.
+
+`VLM_UI_SCREENSHOT=assets/screenshot.png` and `VLM_SWEEP_SCREENSHOT=assets/sweep.png` also write the README's
+pictures. The run uses the built-in model when it is present, else the tiny random one.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
-import subprocess
-import tempfile
-import threading
-import time
+
+import pytest
 
 from tests.test_serve import ROOT, running_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-WIDTH, HEIGHT = 1500, 1100
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-pipe",
-         f"--window-size={WIDTH},{HEIGHT}"]
+DONE = ("() => { const cs = [...document.querySelectorAll('.vc-card')]; return cs.length > 0"
+        " && cs.every(c => c.dataset.state !== 'pending') && !!document.querySelector('.vc-table') }")
 
 
-class Chromium:
-    """Just enough of the DevTools protocol: call a method, evaluate JavaScript, wait for a condition."""
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
 
-    def __init__(self):
-        self.profile = tempfile.mkdtemp(prefix="chromium-")
-        to_chrome, self._out = os.pipe()
-        self._in, from_chrome = os.pipe()
-        # Chromium reads commands on fd 3 and writes replies on fd 4; bash puts the pipe ends there.
-        self.proc = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" 3<&{to_chrome} 4>&{from_chrome}', CHROMIUM, *FLAGS,
-             f"--user-data-dir={self.profile}", "about:blank"],
-            pass_fds=(to_chrome, from_chrome), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_chrome)
-        os.close(from_chrome)
-        self._next, self._replies, self._cv = 0, {}, threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-        page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-        self.call("Emulation.setDeviceMetricsOverride", self.session, width=WIDTH, height=HEIGHT,
-                  deviceScaleFactor=1, mobile=False)
-
-    def _read(self) -> None:
-        buf = b""
-        while chunk := os.read(self._in, 1 << 16):
-            buf += chunk
-            *messages, buf = buf.split(b"\0")
-            for raw in messages:
-                msg = json.loads(raw)
-                if "id" in msg:  # replies; events are not needed here
-                    with self._cv:
-                        self._replies[msg["id"]] = msg
-                        self._cv.notify_all()
-
-    def call(self, method: str, session: str | None = None, timeout: float = 60, **params) -> dict:
-        self._next += 1
-        i = self._next
-        msg = {"id": i, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._out, json.dumps(msg).encode() + b"\0")
-        with self._cv:
-            assert self._cv.wait_for(lambda: i in self._replies, timeout), f"no reply to {method}"
-            reply = self._replies.pop(i)
-        assert "error" not in reply, f"{method}: {reply['error']}"
-        return reply["result"]
-
-    def js(self, expression: str):
-        r = self.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True)
-        assert "exceptionDetails" not in r, r["exceptionDetails"]
-        return r["result"].get("value")
-
-    def wait(self, expression: str, timeout: float = 60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if value := self.js(expression):
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout} s waiting for: {expression}")
-
-    def screenshot(self) -> bytes:
-        height = self.call("Page.getLayoutMetrics", self.session)["cssContentSize"]["height"]
-        shot = self.call("Page.captureScreenshot", self.session, format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1})
-        return base64.b64decode(shot["data"])
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=5)
-            self.proc.wait(timeout=10)
-        except Exception:
-            self.proc.kill()
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
-BUTTON = "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === {!r})"
-CARDS = """(() => { const cs = [...document.querySelectorAll('.vc-card')];
-  return cs.length && cs.every(c => c.dataset.state !== 'pending') && document.querySelector('.vc-table')
-    ? cs.map(c => ({method: c.dataset.method, state: c.dataset.state, answer: c.querySelector('.vc-answer')?.innerText,
-        maps: [...c.querySelectorAll('img')].filter(i => i.src.startsWith('data:image/png') && i.complete
-                                                      && i.naturalWidth > 0).length,
-        numbers: c.querySelectorAll('.vc-num').length})) : null })()"""
-
-
-def test_example_comparison_in_chromium(random_model_dir, tmp_path):
     assert os.path.exists(CHROMIUM), "chromium is not installed: run scripts/system-deps.sh (make test does)"
-    builtin = os.path.isfile(os.path.join(ROOT, "assets", "tiny-llava-shapes", "config.json"))
-    with running_app("builtin" if builtin else random_model_dir) as url:
-        browser = Chromium()
-        try:
-            browser.call("Page.navigate", browser.session, url=url)
-            browser.wait(f"!!{BUTTON.format('Compare')}")
-            picked = browser.js("document.querySelectorAll('input[type=checkbox]:checked').length")
-            browser.js("document.querySelector('tr.tr-body').click()")  # the first example: image + question
-            browser.wait("document.querySelector('textarea')?.value === 'how many shapes are there?'"
-                         " && !!document.querySelector('img[src*=\"three_shapes\"]')")
-            browser.js(f"{BUTTON.format('Compare')}.click()")
-            cards = browser.wait(CARDS, timeout=120)
-            time.sleep(0.5)  # let the last images paint before the screenshot
-            png = browser.screenshot()
-        finally:
-            browser.close()
-    (tmp_path / "page.png").write_bytes(png)
-    assert [c["method"] for c in cards][0] == "baseline" and len(cards) == 1 + picked, cards
-    for c in cards:
-        assert c["state"] == "done" and c["maps"] >= 1 and c["numbers"] == 8 and c["answer"], c
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
-    if target := os.environ.get("VLM_UI_SCREENSHOT"):
-        from PIL import Image
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
 
-        # a 256-colour palette keeps the README's picture small without visible loss on this flat page
-        Image.open(tmp_path / "page.png").convert("RGB").quantize(256).save(os.path.join(ROOT, target), optimize=True)
+
+@pytest.fixture(scope="module")
+def model(random_model_dir) -> str:
+    builtin = os.path.isfile(os.path.join(ROOT, "assets", "tiny-llava-shapes", "config.json"))
+    return "builtin" if builtin else random_model_dir
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("saved") / "comparisons.sqlite3")
+
+
+@pytest.fixture(scope="module")
+def app(model, store):
+    with running_app(model, VLM_STORE=store) as url:
+        yield url
+
+
+def page_at(browser, url: str, width: int = 1280, height: int = 800):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.get_by_role("button", name="Compare", exact=True).wait_for()
+    return page
+
+
+def in_view(page, locator) -> bool:
+    box = locator.bounding_box()
+    vp = page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= vp["height"] and box["x"] >= 0 \
+        and box["x"] + box["width"] <= vp["width"]
+
+
+def compare_example(page) -> None:
+    page.locator(".gallery-item, tr.tr-body, button.example").first.click()  # the first image example
+    page.wait_for_function("() => document.querySelector('textarea')?.value === 'how many shapes are there?'"
+                           " && !!document.querySelector('img[src*=\"three_shapes\"]')")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_function(DONE, timeout=180_000)
+
+
+def test_fold_at_1280x800(browser, app):
+    page = page_at(browser, app)
+    try:
+        assert in_view(page, page.get_by_role("button", name="Compare", exact=True))
+        assert in_view(page, page.get_by_label("Question"))
+        assert in_view(page, page.locator("#vc-controls input[type=checkbox]").first)
+        # nothing empty in the first viewport: no file box, no empty chart before a run
+        assert page.locator("#vc-results .block:visible:has(input[type=file])").count() == 0
+        assert page.locator(".vc-intro").is_visible() and in_view(page, page.locator(".vc-intro"))
+    finally:
+        page.close()
+
+
+def test_comparison_then_refusal_then_phone(browser, app, tmp_path):
+    page = page_at(browser, app)
+    try:
+        picked = page.locator("#vc-controls input[type=checkbox]:checked").count()
+        compare_example(page)
+        cards = page.locator(".vc-card")
+        assert cards.count() == 1 + picked and cards.first.get_attribute("data-method") == "baseline"
+        for i in range(cards.count()):
+            card, method = cards.nth(i), cards.nth(i).get_attribute("data-method")
+            assert card.get_attribute("data-state") == "done", card.inner_text()
+            alts = card.locator("img").evaluate_all("els => els.map(e => e.alt)")
+            assert alts and all(a.startswith(f"{method}:") for a in alts), alts
+            assert "min–max" in card.locator(".vc-num").first.get_attribute("title")
+        assert page.locator("#vc-results").bounding_box()["y"] < 800  # results came into view
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        if target := os.environ.get("VLM_UI_SCREENSHOT"):
+            save_small(shot, os.path.join(ROOT, target))
+        # a refused request: its message, and nothing of the comparison before it
+        page.get_by_label("Question").fill("   ")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.wait_for_selector('[data-state="refused"]')
+        assert "the prompt is empty" in page.locator('[data-state="refused"]').inner_text()
+        assert page.locator(".vc-card").count() == 0 and page.locator(".vc-table").count() == 0
+        # a phone: the summary table scrolls sideways until its last column is in view
+        page.get_by_label("Question").fill("how many shapes are there?")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.wait_for_function(DONE, timeout=180_000)
+        page.set_viewport_size({"width": 390, "height": 844})
+        scroller = page.locator(".vc-scroll")
+        scroller.evaluate("el => { el.scrollIntoView(); el.scrollLeft = el.scrollWidth }")
+        last = page.locator(".vc-table th").last
+        box = last.bounding_box()
+        assert scroller.evaluate("el => el.scrollWidth > el.clientWidth") and 0 <= box["x"] < 390, box
+    finally:
+        page.close()
+
+
+def save_small(src, target: str) -> None:
+    from PIL import Image
+
+    # a 256-colour palette keeps the README's pictures small without visible loss on this flat page
+    Image.open(src).convert("RGB").quantize(256).save(target, optimize=True)
+
+
+def test_sweep_draws_its_plots(browser, app, tmp_path):
+    page = page_at(browser, app, 1280, 900)
+    try:
+        page.locator(".gallery-item, tr.tr-body, button.example").first.click()
+        page.get_by_role("tab", name="Budget sweep").click()
+        page.get_by_label("Keeps (shares of visual tokens, each in (0, 1])").fill("1.0, 0.5, 0.25")
+        page.get_by_role("button", name="Run sweep").click()
+        total = 1 + 3 * page.locator("#vc-controls input[type=checkbox]:checked").count()
+        page.wait_for_function(f"() => document.body.innerText.includes('{total} of {total} sweep runs finished')",
+                               timeout=300_000)
+        for plot in ("#vc-sweep-latency", "#vc-sweep-agreement"):  # vega draws into a canvas or an svg
+            page.wait_for_selector(f"{plot} canvas, {plot} svg.marks", timeout=30_000)
+        shot = tmp_path / "sweep.png"
+        page.locator("#vc-results").screenshot(path=str(shot))
+        if target := os.environ.get("VLM_SWEEP_SCREENSHOT"):
+            save_small(shot, os.path.join(ROOT, target))
+    finally:
+        page.close()
+
+
+def test_permalink_reopens_after_restart(browser, app, model, store):
+    page = page_at(browser, app)
+    try:
+        compare_example(page)
+        page.wait_for_selector(".vc-saved")
+        cid = page.locator(".vc-saved a").first.get_attribute("href").split("?id=")[1]
+        page.wait_for_function(f"() => document.querySelector('#vc-permalink textarea, #vc-permalink input')"
+                               f"?.value.endsWith('/?id={cid}')")  # the copyable absolute link
+        answers = page.locator(".vc-answer").all_inner_texts()
+    finally:
+        page.close()
+    with running_app(model, VLM_STORE=store) as url:  # a new process on the same SQLite file
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            page.goto(f"{url}?id={cid}")
+            page.wait_for_selector(".vc-saved")
+            assert page.locator(".vc-answer").all_inner_texts() == answers
+            assert page.locator('.vc-card[data-state="done"]').count() == len(answers)
+            page.goto(f"{url}?id={cid}&present=1")  # presenter view: cards only, no controls
+            page.wait_for_selector(".vc-present .vc-card")
+            assert not page.locator("#vc-controls").is_visible()
+            page.goto(f"{url}?id=NoSuchId0000")
+            unknown = page.locator('[data-state="unknown-id"]')
+            unknown.wait_for()
+            assert "no saved comparison has the id 'NoSuchId0000'" in unknown.inner_text()
+        finally:
+            page.close()

@@ -26,9 +26,12 @@ def _params_text(spec: MethodSpec, entry: dict | None) -> str:
     return " · ".join(parts)
 
 
-def _maps(uris: list[str], label: str = "") -> str:
+def _maps(uris: list[str], method: str, label: str = "") -> str:
+    """The maps of one card; each names its method in its alt text and enlarges on click (CSS :focus)."""
     cls = "vc-maps" if len(uris) == 1 else "vc-maps vc-frames"
-    imgs = "".join(f'<img src="{u}" alt="kept-token map, frame {i + 1}" title="frame {i + 1}">'
+    what = label or "input"
+    imgs = "".join(f'<img src="{u}" tabindex="0" alt="{esc(method)}: {esc(what)}, frame {i + 1} of {len(uris)}" '
+                   f'title="{esc(method)} · {esc(what)} · frame {i + 1} (click to enlarge)">'
                    for i, u in enumerate(uris))
     head = f'<div class="vc-maplabel">{esc(label)}</div>' if label else ""
     return f'{head}<div class="{cls}">{imgs}</div>'
@@ -102,15 +105,17 @@ def card(spec: MethodSpec, entry: dict | None, result: RunResult | None, ref: Ru
     head = (f'<div class="vc-head"><span class="vc-name">{esc(spec.name)}</span>'
             f'<span class="vc-sub" title="{esc(entry.get("summary", "") if entry else "")}">{esc(sub)}</span></div>')
     if result is None:
-        body = _maps(plain) + '<div class="vc-pending">running… (cards fill in as runs finish)</div>'
+        body = _maps(plain, spec.name) + '<div class="vc-pending">running… (cards fill in as runs finish)</div>'
         return f'<div class="vc-card vc-wait" data-state="pending" data-method="{esc(spec.name)}">{head}{body}</div>'
     if not result.ok:
-        body = _maps(plain) + f'<div class="vc-error"><b>Run failed.</b> {esc(result.error or "unknown error")}</div>'
+        error = esc(result.error or "unknown error")
+        body = _maps(plain, spec.name) + f'<div class="vc-error"><b>Run failed.</b> {error}</div>'
         return f'<div class="vc-card vc-failed" data-state="failed" data-method="{esc(spec.name)}">{head}{body}</div>'
     maps = maps or {}
-    parts = [head] + [_maps(uris, "kept tokens" if label == "kept" else label) for label, uris in maps.items()]
+    parts = [head] + [_maps(uris, spec.name, "kept tokens" if label == "kept" else label)
+                      for label, uris in maps.items()]
     if not maps:
-        parts.append(_maps(plain, "no kept-token map reported"))
+        parts.append(_maps(plain, spec.name, "no kept-token map reported"))
     parts.append(_layer_strip(result))
     agree = fmt.agreement(result, ref)
     diff = "vc-differs" if agree.startswith("differs") else ("vc-same" if agree else "")
@@ -118,6 +123,7 @@ def card(spec: MethodSpec, entry: dict | None, result: RunResult | None, ref: Ru
     parts.append(f'<div class="vc-answer {diff}">{answer}</div>')
     if agree:
         parts.append(f'<div class="vc-agree {diff}">{"≠" if diff == "vc-differs" else "="} baseline: {agree}</div>')
+    parts.append(_turns(result, ref))
     if warn:
         parts.append(f'<div class="vc-ood" role="note">{esc(warn)}</div>')
     parts += [_numbers(result, ref), _footer(result)]
@@ -125,11 +131,24 @@ def card(spec: MethodSpec, entry: dict | None, result: RunResult | None, ref: Ru
     return f'<div class="{cls}" data-state="done" data-method="{esc(spec.name)}">{"".join(parts)}</div>'
 
 
+def _turns(r: RunResult, ref: RunResult | None) -> str:
+    """Follow-up turns (each answered on this run's own KV cache): question, answer, same as the baseline's?"""
+    rows = []
+    for k, t in enumerate(r.turns[1:], 1):
+        base = ref.turns[k] if ref is not None and len(ref.turns) > k and r is not ref else None
+        same = "" if base is None else ("vc-same" if base.output_ids == t.output_ids else "vc-differs")
+        mark = {"vc-same": " = baseline", "vc-differs": " ≠ baseline"}.get(same, "")
+        rows.append(f'<div class="vc-turn {same}" title="{esc(t.prompt)}"><span>turn {k + 1}: {esc(t.prompt)}</span> '
+                    f'<b>{esc(t.answer) or "<i>(empty answer)</i>"}</b>{mark}</div>')
+    return f'<div class="vc-turns">{"".join(rows)}</div>' if rows else ""
+
+
 def legend() -> str:
-    return (f'<div class="vc-legend">Kept tokens, one scale for every card: <span>0</span>'
-            f'<i style="background:{heatmap.gradient_css()}"></i><span>1</span> dropped patches are dimmed; '
-            f"a merged token spreads its share over the patches it absorbed. Maps cover the centre square "
-            f"the processor crops.</div>")
+    return (f'<div class="vc-legend">Kept-token maps: <b>true colours</b> = patch kept as it is · '
+            f'<b>hatched</b> = merged or pooled with others, hatch colour = its share of a token '
+            f'<span>0</span><i style="background:{heatmap.gradient_css()}"></i><span>1</span> · '
+            f"<b>dark grey</b> = dropped. Maps cover the centre square the processor crops; click one to enlarge."
+            f"</div>")
 
 
 def grid(cards: list[str]) -> str:

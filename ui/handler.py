@@ -12,11 +12,8 @@ pool that fails marks the unfinished runs failed and, if nothing came back, rais
 
 from __future__ import annotations
 
-import json
-import tempfile
+import logging
 import time
-import uuid
-from pathlib import Path
 
 import gradio as gr
 
@@ -25,17 +22,16 @@ from backends.document import document
 from backends.pool import PoolError
 from backends.settings import BUILTIN, Settings
 from backends.types import Comparison, RequestError, RunResult
-from ui import cards, domain, heatmap, summary
+from ui import cards, domain, exports, heatmap, summary
 from ui.fmt import esc
 from ui.request import build_comparison, number, upload_path
 
 BUILTIN_NOTE = ("Answers come from the built-in model: a small LLaVA-architecture VLM trained here on synthetic "
                 "images of 1-4 coloured shapes; it only answers questions about such shapes.")
-DOWNLOADS = Path(tempfile.gettempdir()) / "vlm-compare-downloads"
+log = logging.getLogger("vlm.ui")
 # Timed runs by default: three at least, more while the totals are noisy, within a budget. On the built-in
 # model a run takes tens of ms, so it gets up to 20; a 7B model's seconds-long runs stop at three.
 TIMED_RUNS, REPEAT_BUDGET_S = 3, 2.0
-KEEP_DOWNLOADS_S = 3600  # comparison files older than this are removed when a new one is written
 
 
 class View:
@@ -53,6 +49,16 @@ class View:
         self.maps: dict[int, dict[str, list[str]]] = {}
         self.problem = ""
         self.pool: dict = {}  # the pool stream's summary, once every run is back
+        self.saved: dict = {}  # {"id", "created"} once stored (or when reopened from a permalink)
+
+    @staticmethod
+    def reopen(record: dict, catalog: dict[str, dict]) -> View:
+        """A saved comparison, drawn from its record alone (read-only: nothing runs)."""
+        view = View(record["comparison"], catalog)
+        for r in exports.results(record["document"]):
+            view.add(r)
+        view.saved = {"id": record["id"], "created": record["created"]}
+        return view
 
     def add(self, r: RunResult) -> None:
         self.results[r.index] = r
@@ -101,6 +107,11 @@ class View:
                          f"runs per worker: {esc(who or '?')}</div>")
         if self.problem:
             parts.append(f'<div class="vc-error">{esc(self.problem)}</div>')
+        if self.saved:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.saved["created"]))
+            parts.append(f'<div class="vc-status vc-saved">Saved {when} as <a href="?id={esc(self.saved["id"])}">'
+                         f'<code>{esc(self.saved["id"])}</code></a> (permalink, read-only) · '
+                         f'<a href="?id={esc(self.saved["id"])}&amp;present=1">presenter view</a></div>')
         if self.comparison.model == BUILTIN:
             parts.append(f'<div class="vc-note">{esc(BUILTIN_NOTE)}</div>')
         return "".join(parts)
@@ -109,29 +120,23 @@ class View:
         cs = [cards.card(spec, self.catalog.get(spec.name), self.results.get(i), self.ref, self.maps.get(i),
                          self.plain, self._warning(self.results.get(i))) for i, spec in enumerate(self.specs)]
         doc = document(self.comparison, list(self.results.values()))
+        if self.saved:
+            doc["saved"] = {"id": self.saved["id"], "link": f"/?id={self.saved['id']}"}
         return (self.banner(), cards.grid(cs), summary.summary(self.specs, self.results, self.ref), download, doc)
 
 
-def write_download(doc: dict) -> str:
-    """The comparison document as a JSON file under the temp dir (gradio serves it from there)."""
-    DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in DOWNLOADS.glob("*/comparison.json"):  # don't let a long-running server fill the disk
-        if now - old.stat().st_mtime > KEEP_DOWNLOADS_S:
-            old.unlink(missing_ok=True)
-            old.parent.rmdir()
-    folder = DOWNLOADS / uuid.uuid4().hex
-    folder.mkdir()
-    path = folder / "comparison.json"
-    path.write_text(json.dumps(doc, indent=1))
-    return str(path)
+def refused(message: str) -> tuple:
+    """The page after a refused request: nothing of an earlier comparison stays on screen."""
+    banner = f'<div class="vc-error" data-state="refused"><b>Refused:</b> {esc(message)}</div>'
+    return banner, cards.grid([]), "", None, None
 
 
-def make_compare(pool, settings: Settings):
+def make_compare(pool, settings: Settings, store=None):
     catalog = {m["name"]: m for m in pool.catalog()}
 
-    def compare(image=None, video=None, prompt="", methods=None, keep=1.0, params=None, max_new_tokens=8,
-                model=None, frames=None, warmup=1, repeats=TIMED_RUNS, source="auto", repeat_budget_s=REPEAT_BUDGET_S):
+    def compare(image=None, video=None, prompt="", methods=None, keep=1.0, params=None,
+                max_new_tokens=8, model=None, frames=None, warmup=1, repeats=TIMED_RUNS,
+                source="auto", repeat_budget_s=REPEAT_BUDGET_S):
         """Run the baseline and the chosen methods on one image or video and stream the results.
 
         image / video: an uploaded file (send one); prompt: the question; methods: registry names (the
@@ -139,16 +144,19 @@ def make_compare(pool, settings: Settings):
         per-method overrides, {"method": {...}} or {"method#2": {...}} for its 2nd run, a dict or JSON
         string; max_new_tokens; model: one the deployment offers; frames: sampled from a video; warmup /
         repeats: untimed and (at least) timed runs per method; repeat_budget_s: more timed runs, up to 20,
-        while their totals spread over 10% and these seconds are not spent. Each update is (banner HTML,
-        cards HTML, summary HTML, download file or None, comparison document); the last holds every result.
+        while their totals spread over 10% and these seconds are not spent.
+        Each update is (banner HTML, cards HTML, summary HTML, download file or None, comparison document);
+        the last holds every result.
         """
         try:
             comp = build_comparison(settings, catalog, image=image, video=video, prompt=prompt, methods=methods,
                                     keep=keep, params=params, max_new_tokens=max_new_tokens, model=model,
                                     frames=frames, warmup=warmup, repeats=repeats, source=source,
                                     repeat_budget_s=repeat_budget_s)
-        except RequestError as e:
-            raise gr.Error(str(e), title="Bad input") from None
+        except RequestError as e:  # the user's mistake: one line in the log, no trace; the page is cleared
+            log.warning("refused a compare request: %s", e)
+            yield refused(str(e))
+            raise gr.Error(str(e), title="Bad input", print_exception=False) from None
         view = View(comp, catalog)
         yield view.update()
         stream = None
@@ -159,6 +167,8 @@ def make_compare(pool, settings: Settings):
                 yield view.update()
         except Exception as e:  # the pool itself failed (e.g. Redis unreachable): say so, keep what came back
             detail = str(e) if isinstance(e, PoolError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, PoolError):  # a real fault: keep its trace in the server log
+                log.exception("the worker pool failed")
             view.problem = f"The worker pool failed: {detail}"
             nothing = not view.results
             view.fail_pending(f"no result: {view.problem}")
@@ -170,8 +180,13 @@ def make_compare(pool, settings: Settings):
             if stream is not None and hasattr(stream, "close"):
                 stream.close()
         view.pool = getattr(stream, "summary", None) or {}
+        if store is not None and view.ref is not None:
+            try:
+                view.saved = {"id": store.save(comp, view.update()[4]), "created": time.time()}
+            except Exception:  # a full disk must not cost the user the results on screen
+                log.exception("could not save the comparison")
         final = view.update()
-        yield (*final[:3], write_download(final[4]), final[4])
+        yield (*final[:3], exports.write(final[4])[0], final[4])
 
     return compare
 

@@ -1,9 +1,11 @@
 """Kept-token heatmaps: a run's `kept_map` (per frame, rows x cols shares in 0..1) drawn over its input frame.
 
-One fixed colour scale (viridis over 0..1) for every card, so two cards compare at a glance: a kept patch
-shows the image tinted with the scale's top colour, a dropped one is dimmed to the scale's bottom, a
-merged token spreads its share over the patches it absorbed. Pure numpy + OpenCV + PIL (no torch); images
-leave as inline `data:image/png;base64` URIs for gr.HTML.
+The input stays readable: a patch kept as it is keeps its true colours (a yellow triangle stays yellow), a
+dropped patch is dimmed to dark grey, and a patch merged or pooled with others (its share of a token is
+between 0 and 1) keeps its colours under a diagonal hatch drawn in the scale's colour for that share, so "16
+tokens pooled from 64" reads as pooled, not as dropped. One fixed colour scale (viridis over 0..1) for every
+card (hatches, layer strips, legend). Pure numpy + OpenCV + PIL (no torch); images leave as inline
+`data:image/png;base64` URIs for gr.HTML.
 """
 
 from __future__ import annotations
@@ -50,22 +52,30 @@ def decode_frames(frames_png: list[str], side: int) -> list[np.ndarray]:
     return out
 
 
+KEPT, DROPPED = 0.999, 0.001  # shares at or past which a patch counts as kept whole / dropped
+HATCH = 5  # pixels between the diagonal lines of a merged patch
+
+
 def overlay(frame: np.ndarray, kept: list[list[float]] | None) -> np.ndarray:
-    """Tint `frame` (H x W x 3 float) by the kept share of each patch; None draws the frame as is."""
+    """Draw `frame` (H x W x 3 float) by the kept share of each patch; None draws the frame as is."""
     if kept is None:
         return frame.astype(np.uint8)
     grid = np.clip(np.asarray(kept, dtype=np.float32), 0, 1)
     h, w = frame.shape[:2]
     rows, cols = grid.shape
     share = cv2.resize(grid, (w, h), interpolation=cv2.INTER_NEAREST)  # nearest: one flat block per token
-    tint = LUT[np.rint(share * 255).astype(np.int32)]
-    light = (0.25 + 0.75 * share)[..., None]  # dropped patches keep a quarter of their brightness
-    out = frame * light * 0.6 + tint * 0.4
+    out = frame.copy()
+    dropped = share <= DROPPED
+    out[dropped] = 25 + 0.3 * frame[dropped].mean(-1, keepdims=True)  # dark grey: the shape still shows faintly
+    merged = (share > DROPPED) & (share < KEPT)
+    yy, xx = np.mgrid[0:h, 0:w]
+    hatch = merged & ((yy + xx) % HATCH < 2)  # 2-pixel diagonal lines in the scale colour of the share
+    out[hatch] = LUT[np.rint(share[hatch] * 255).astype(np.int32)]
     # token borders, so the eye can count patches
     ys = (np.arange(1, rows) * h / rows).astype(int)
     xs = (np.arange(1, cols) * w / cols).astype(int)
-    out[ys, :] *= 0.75
-    out[:, xs] *= 0.75
+    out[ys, :] *= 0.7
+    out[:, xs] *= 0.7
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
