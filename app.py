@@ -24,16 +24,16 @@ def serve() -> None:
     from backends.pools import make_pool
     from backends.settings import Settings
     from backends.store import open_store
-    from ui.demo import build_demo, launch_options
+    from ui.demo import build_demo, launch_options, queue_options
 
     settings = Settings.from_env()
     pool = make_pool(settings)
     demo = build_demo(pool, settings, open_store(settings))  # saved comparisons: permalinks, recent list
-    # One comparison per worker at a time; the rest wait in gradio's queue (the page shows their place).
-    demo.queue(default_concurrency_limit=pool.workers).launch(
+    # One comparison per worker at a time; the rest wait in gradio's bounded queue (the page shows their place).
+    demo.queue(**queue_options(settings, pool.workers)).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        max_file_size=f"{settings.max_upload_mb:g}mb",
+        max_file_size=int(settings.max_upload_mb * 2**20),  # bytes: gradio parses "1.5mb" as a bad unit
         **launch_options(),
     )
 

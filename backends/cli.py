@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from backends import checks
 from backends.settings import BUILTIN, Settings
 from backends.types import Comparison, GenerationSettings, MethodSpec, RequestError
 
@@ -34,8 +35,8 @@ def method_specs(names: str, keep: float | None, sets: dict[str, dict[str, str]]
     """Validated method specs (the registry refuses unknown names/params and bad values)."""
     from methods import registry
 
-    if keep is not None and not 0.0 < keep <= 1.0:
-        raise RequestError(f"--keep must be in (0, 1], got {keep}")
+    if keep is not None:
+        keep = checks.number(keep, "--keep", float, 0.0, 1.0, lo_open=True)
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     if not chosen:
         raise RequestError("--methods is empty")
@@ -78,7 +79,10 @@ def build_comparison(args: argparse.Namespace, settings: Settings) -> Comparison
     else:
         med = media.video_media(args.video, settings, args.frames)
     prompt = media.check_prompt(args.prompt, settings)
-    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, warmup=args.warmup, repeats=args.repeats)
+    # the same ranges and messages as the page and the API (ui/request.py)
+    gen = GenerationSettings(max_new_tokens=checks.number(args.max_new_tokens, "max_new_tokens", int, 1, 512),
+                             warmup=checks.number(args.warmup, "warmup", int, 0, 5),
+                             repeats=checks.number(args.repeats, "repeats", int, 1, 20))
     return Comparison(med, prompt, specs, gen, args.model or settings.model)
 
 

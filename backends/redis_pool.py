@@ -6,28 +6,35 @@
 Wire format: rq's JSONSerializer only (never pickle). A job is `backends.worker.run_job(<RunRequest JSON>)`, its
 return value the RunResult JSON; the worker refuses any other function or payload. Each job carries an explicit
 time limit (`settings.job_timeout`) and `Retry(max=1)`: a job whose worker died is run once more elsewhere.
-While it waits, the client reaps abandoned jobs itself (`StartedJobRegistry.cleanup()`), so a killed worker is
-noticed as soon as its heartbeat lapses (`--abandon-after`, 20 s) rather than at rq's 10-minute maintenance.
-Nothing hangs: a job no worker takes within `pickup_timeout` seconds, Redis going away, or a worker dying
-twice each end the run with a message; queued jobs of an abandoned comparison are cancelled.
+While it waits, the client sweeps rq's records itself (`rq_upkeep.sweep`), so a killed worker's job is requeued
+as soon as its heartbeat lease lapses (`--abandon-after`, 20 s), and a job a worker took but died before starting
+within 10 s, rather than at rq's 10-minute maintenance.
+
+Delivery: at-least-once execution, exactly one result per run. A Redis outage of up to `settings.redis_outage_s`
+(30 s) is ridden out: the client retries with backoff, and when Redis is back, re-submits the runs whose jobs
+vanished (a restarted Redis without persistence has lost them; the client still holds their requests). A run
+may then execute twice (its old worker may finish it for nobody), but only one result is ever yielded for it.
+Nothing hangs: a job no live worker takes within `pickup_timeout` seconds, an outage past the bound, or a worker
+dying twice each end the run with a message; queued jobs of an abandoned comparison are cancelled.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
+from backends import rq_upkeep
 from backends.pool import PoolError, Stream
 from backends.settings import Settings
 from backends.types import Comparison, RequestError, RunRequest, RunResult, from_json, to_json
@@ -38,6 +45,8 @@ SERIALIZER = JSONSerializer
 RESULT_TTL = 600  # seconds results (and failures) stay readable in Redis after a run
 REAP_EVERY = 2.0  # seconds between the client's sweeps for abandoned jobs while some are running
 HUNG_GRACE = 60  # a job still running this long past its time limit is given up on (its worker is hung)
+OUTAGE_BACKOFF = (0.1, 2.0)  # first and longest wait between attempts while Redis is unreachable
+MAX_RESUBMITS = 3  # a run whose job vanishes more often than this (Redis restarting in a loop) fails
 
 
 def safe_url(url: str) -> str:
@@ -65,6 +74,27 @@ def connect(url: str, socket_timeout: float | None = 10.0) -> redis.Redis:
     return conn
 
 
+@dataclass
+class _Run:
+    """One run of a comparison as the client tracks it: its request, its current job (None: not yet submitted,
+    or its job vanished with a restarted Redis) and how often it was re-submitted."""
+
+    req: RunRequest
+    job: Job | None = None
+    resubmits: int = 0
+
+
+@dataclass
+class _Wait:
+    """The collector's clocks: last progress (a state change), last sweep, an outage's start, the next backoff."""
+
+    progress: float
+    reaped: float = 0.0
+    outage: float | None = None
+    backoff: float = OUTAGE_BACKOFF[0]
+    status: dict = field(default_factory=dict)  # run index -> last status seen
+
+
 class RedisPool:
     def __init__(self, settings: Settings | None = None, url: str | None = None, queue: str = QUEUE,
                  pickup_timeout: float = 60.0, poll_s: float = 0.05, reap_every: float = REAP_EVERY):
@@ -78,86 +108,122 @@ class RedisPool:
 
     @property
     def workers(self) -> int:
-        """Workers listening now (at least 1: the UI sizes its queue with this)."""
+        """Live workers now (at least 1: the UI sizes its queue with this)."""
         try:
-            return max(1, Worker.count(connection=self.conn, queue=self.queue))
+            return max(1, len(rq_upkeep.live_workers(self.queue)))
         except redis.RedisError:
             return 1
 
     def compare(self, comparison: Comparison) -> Stream:
         reqs = comparison.requests()
+        runs = {}
         for i, r in enumerate(reqs):
             r.index = i
-        try:
-            jobs = [self.queue.enqueue(JOB_FUNC, to_json(r), job_timeout=self.settings.job_timeout,
-                                       result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, retry=Retry(max=1),
-                                       description=f"{r.method.name} (run {r.index})") for r in reqs]
-        except redis.RedisError as e:
-            raise self._lost(e) from None
-        pending = {j.id: (j, r) for j, r in zip(jobs, reqs)}
+            runs[i] = _Run(r)
+        try:  # submit now; if Redis is away, the collector submits once it is back
+            self._submit(runs)
+        except redis.RedisError:
+            pass
         summary = Stream.new_summary("redis", len(reqs))
-        return Stream(self._collect(pending, summary), summary, lambda: self._cancel(pending))
+        summary["resubmitted"] = 0
+        return Stream(self._collect(runs, summary), summary, lambda: self._cancel(runs))
+
+    def _submit(self, runs: dict[int, _Run]) -> None:
+        for run in runs.values():
+            if run.job is None:
+                r = run.req
+                run.job = self.queue.enqueue(JOB_FUNC, to_json(r), job_timeout=self.settings.job_timeout,
+                                             result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, retry=Retry(max=1),
+                                             description=f"{r.method.name} (run {r.index})")
 
     def _lost(self, e: Exception) -> PoolError:
         return PoolError(f"lost the connection to Redis at {safe_url(self.url)}: {e}")
 
-    def _collect(self, pending: dict[str, tuple[Job, RunRequest]], summary: dict) -> Iterator[RunResult]:
-        """Poll the jobs' states (one round trip per poll) and yield each result as its job ends."""
-        last_progress, last_reap, last_status = time.monotonic(), 0.0, {}
-        limit = self.settings.job_timeout + HUNG_GRACE
+    def _collect(self, runs: dict[int, _Run], summary: dict) -> Iterator[RunResult]:
+        """Poll the jobs' states (one round trip per poll) and yield each result as its job ends; ride out Redis
+        outages up to the bound, re-submitting runs whose jobs vanished."""
+        w = _Wait(time.monotonic())
         try:
-            while pending:
-                with self.conn.pipeline(transaction=False) as p:
-                    for job, _ in pending.values():
-                        p.hmget(job.key, "status", "started_at")
-                    states = dict(zip(list(pending), p.execute()))
-                now = time.monotonic()
-                for jid, (raw_status, raw_started) in states.items():
-                    job, req = pending[jid]
-                    status = raw_status.decode() if raw_status else None
-                    if last_status.get(jid) != status:  # taken, requeued after its worker died, or ended
-                        last_status[jid], last_progress = status, now
-                    if status in ("queued", "deferred", "scheduled"):
-                        continue
-                    if status == "started":
-                        started = utcparse(raw_started.decode()) if raw_started else None
-                        if started is None or (datetime.now(UTC) - started).total_seconds() < limit:
-                            continue
-                        result = RunResult.failed(req.method, f"{req.method.name}: no result within {limit} s of its "
-                                                  "start (its worker seems hung)", req.index)
-                    else:
-                        result = self._finished(job, req, status, summary)
-                    del pending[jid]
-                    yield result
-                waiting = [jid for jid in pending if last_status.get(jid) != "started"]
-                if waiting and now - last_progress > self.pickup_timeout:
-                    why = self._no_worker_message()
-                    for jid in waiting:
-                        job, req = pending.pop(jid)
-                        self._cancel({jid: (job, req)})
-                        yield RunResult.failed(req.method, why, req.index)
-                if now - last_reap > self.reap_every and "started" in last_status.values():
-                    self._reap()
-                    last_reap = now
-                if pending:
+            while runs:
+                try:
+                    yield from self._poll(runs, summary, w)
+                except redis.RedisError as e:
+                    now = time.monotonic()
+                    w.outage = w.outage or now
+                    if now - w.outage > self.settings.redis_outage_s:
+                        raise self._lost(e) from None
+                    time.sleep(w.backoff)
+                    w.backoff = min(w.backoff * 2, OUTAGE_BACKOFF[1])
+                    continue
+                if runs:
                     time.sleep(self.poll_s)
-        except redis.RedisError as e:
-            raise self._lost(e) from None
         finally:
-            self._cancel(pending)
+            self._cancel(runs)
 
-    def _finished(self, job: Job, req: RunRequest, status: str | None, summary: dict) -> RunResult:
-        """The RunResult of a job that ended (finished, failed, stopped, or gone from Redis)."""
+    def _poll(self, runs: dict[int, _Run], summary: dict, w: _Wait) -> Iterator[RunResult]:
+        """One round: submit what needs it, read every job's state, yield the runs that ended."""
+        self._submit(runs)
+        with self.conn.pipeline(transaction=False) as p:
+            for run in runs.values():
+                p.hmget(run.job.key, "status", "started_at")
+            states = dict(zip(list(runs), p.execute()))
+        now = time.monotonic()
+        if w.outage is not None:  # Redis is back: workers need a moment to reconnect and re-register
+            w.outage, w.backoff, w.progress = None, OUTAGE_BACKOFF[0], now
+        if now - w.reaped > self.reap_every:
+            rq_upkeep.sweep(self.queue)
+            w.reaped = now
+        limit = self.settings.job_timeout + HUNG_GRACE
+        for i, (raw_status, raw_started) in states.items():
+            run = runs[i]
+            status = raw_status.decode() if raw_status else None
+            if w.status.get(i) != status:  # taken, requeued after its worker died, or ended
+                w.status[i], w.progress = status, now
+            if status in ("queued", "deferred", "scheduled"):
+                continue
+            if status == "started":
+                started = utcparse(raw_started.decode()) if raw_started else None
+                if started is None or (datetime.now(UTC) - started).total_seconds() < limit:
+                    continue
+                result = RunResult.failed(run.req.method, f"{run.req.method.name}: no result within {limit} s of "
+                                          "its start (its worker seems hung)", run.req.index)
+            else:
+                result = self._finished(run, status, summary)
+                if result is None:  # vanished with a restarted Redis: submit it again
+                    run.job, run.resubmits = None, run.resubmits + 1
+                    summary["resubmitted"] += 1
+                    w.status.pop(i, None)
+                    continue
+            del runs[i]
+            yield result
+        waiting = [i for i in runs if w.status.get(i) != "started"]
+        if waiting and now - w.progress > self.pickup_timeout:
+            why = self._no_worker_message()
+            for i in waiting:
+                run = runs.pop(i)
+                self._cancel({i: run})
+                yield RunResult.failed(run.req.method, why, run.req.index)
+
+    def _finished(self, run: _Run, status: str | None, summary: dict) -> RunResult | None:
+        """The RunResult of a job that ended (finished, failed, stopped), or None if it vanished from Redis and
+        may be submitted again."""
+        job, req = run.job, run.req
+        res = Result.fetch_latest(job, serializer=SERIALIZER)
         try:
-            if status is None:
-                raise NoSuchJobError
             job.refresh()
-        except NoSuchJobError:
-            return RunResult.failed(req.method, f"{req.method.name}: the job vanished from Redis (expired or "
-                                    "deleted, or Redis restarted)", req.index)
+        except NoSuchJobError:  # gone, or only a stray field re-created by its old worker after a restart
+            if res is None or res.type != Result.Type.SUCCESSFUL:
+                if run.resubmits < MAX_RESUBMITS:
+                    return None
+                return RunResult.failed(req.method, f"{req.method.name}: the job vanished from Redis "
+                                        f"{run.resubmits + 1} times (expired or deleted, or Redis restarted)",
+                                        req.index)
+            status = "finished"
+        if status is None:  # a record without a status: its data is gone
+            return None if run.resubmits < MAX_RESUBMITS else RunResult.failed(
+                req.method, f"{req.method.name}: the job vanished from Redis", req.index)
         if job.retries_left == 0:
             summary["retried"] += 1
-        res = Result.fetch_latest(job, serializer=SERIALIZER)
         worker = res.worker_name if res is not None else ""
         if status == "finished":
             if res is None or res.type != Result.Type.SUCCESSFUL:
@@ -181,27 +247,21 @@ class RedisPool:
         return RunResult.failed(req.method, f"{req.method.name}: {why}", req.index, worker)
 
     def _no_worker_message(self) -> str:
-        n = Worker.count(connection=self.conn, queue=self.queue)
-        who = (f"no worker is listening on queue '{self.queue.name}'" if n == 0 else f"all {n} workers stayed busy")
+        try:
+            n = len(rq_upkeep.live_workers(self.queue))
+        except redis.RedisError:
+            n = 0
+        who = (f"no live worker is listening on queue '{self.queue.name}'" if n == 0
+               else f"all {n} live workers stayed busy")
         return (f"no worker took the job within {self.pickup_timeout:g} s ({who} at {safe_url(self.url)}; "
                 f"start one with: python app.py worker --redis URL)")
 
-    def _reap(self) -> None:
-        """Requeue (Retry) or fail jobs whose worker stopped heartbeating; under rq's maintenance lock, so
-        workers' own maintenance and other clients never handle the same job twice."""
-        key = self.queue.registry_cleaning_key
-        if self.conn.set(key, 1, nx=True, ex=30):
-            try:
-                StartedJobRegistry(queue=self.queue).cleanup()
-            finally:
-                self.conn.delete(key)
-
-    def _cancel(self, pending: dict[str, tuple[Job, RunRequest]]) -> None:
+    def _cancel(self, runs: dict[int, _Run]) -> None:
         """Best effort: cancel jobs no worker has started (the caller stopped waiting for them)."""
-        for job, _ in list(pending.values()):
+        for run in list(runs.values()):
             try:
-                if job.get_status(refresh=True) == "queued":
-                    job.cancel()
+                if run.job is not None and run.job.get_status(refresh=True) == "queued":
+                    run.job.cancel()
             except Exception:  # Redis gone or the job just started/ended: nothing left to cancel
                 pass
 

@@ -9,13 +9,19 @@
 | `VLM_DTYPE` | `auto` | `float32`, `bfloat16`, `float16`; auto = bf16 on CUDA, fp32 on CPU |
 | `VLM_THREADS` | `1` | torch threads per worker (the web server and Redis need the other core) |
 | `VLM_MAX_UPLOAD_MB` | `20` | largest accepted upload |
-| `VLM_MAX_IMAGE_PIXELS` | `40000000` | largest accepted image (width x height) |
-| `VLM_MAX_VIDEO_SECONDS` | `120` | longest accepted video |
+| `VLM_MAX_IMAGE_PIXELS` | `40000000` | largest accepted image (width x height), checked before decoding |
+| `VLM_MAX_ASPECT` | `20` | most elongated accepted image or frame (long side / short side) |
+| `VLM_MAX_VIDEO_SECONDS` | `120` | longest accepted video (from the container header) |
+| `VLM_MAX_VIDEO_FRAMES` | `20000` | most frames a video may hold (from the container header) |
+| `VLM_MAX_DECODE_SECONDS` | `10` | time allowed to decode the sampled frames of one video |
 | `VLM_FRAMES` | `8` | frames sampled from a video |
+| `VLM_MAX_FRAMES` | `64` | most frames a request may ask to sample |
 | `VLM_MAX_PROMPT_CHARS` | `2000` | longest accepted prompt |
 | `VLM_JOB_TIMEOUT` | `600` | seconds one run may take on a worker |
+| `VLM_MAX_QUEUE` | `32` | comparisons waiting in the web app's queue; past it a caller is told to try again |
 | `REDIS_URL` | (empty) | if set, runs go to Redis workers instead of the in-process pool |
 | `VLM_STORE` | `~/.cache/vlm-compare/comparisons.sqlite3` | saved comparisons (SQLite; on Redis, in Redis) |
+| `VLM_REDIS_OUTAGE_S` | `30` | how long the app rides out a Redis outage before failing the runs it waits for |
 """
 
 from __future__ import annotations
@@ -43,12 +49,19 @@ class Settings:
     threads: int = 1
     max_upload_mb: float = 20.0
     max_image_pixels: int = 40_000_000
+    # the processor scales the short side up to its input size: a 20000x1 image becomes gigabytes
+    max_aspect: float = 20.0
     max_video_seconds: float = 120.0
+    max_video_frames: int = 20_000
+    max_decode_s: float = 10.0
     frames: int = 8
+    max_frames: int = 64
     max_prompt_chars: int = 2000
     job_timeout: int = 600
+    max_queue: int = 32
     redis_url: str = ""
     store_path: str = "~/.cache/vlm-compare/comparisons.sqlite3"
+    redis_outage_s: float = 30.0
 
     @staticmethod
     def from_env() -> Settings:
@@ -59,9 +72,15 @@ class Settings:
             dtype=e("VLM_DTYPE", "auto"), threads=int(e("VLM_THREADS", "1")),
             max_upload_mb=float(e("VLM_MAX_UPLOAD_MB", "20")),
             max_image_pixels=int(e("VLM_MAX_IMAGE_PIXELS", "40000000")),
-            max_video_seconds=float(e("VLM_MAX_VIDEO_SECONDS", "120")), frames=int(e("VLM_FRAMES", "8")),
+            max_aspect=float(e("VLM_MAX_ASPECT", "20")),
+            max_video_seconds=float(e("VLM_MAX_VIDEO_SECONDS", "120")),
+            max_video_frames=int(e("VLM_MAX_VIDEO_FRAMES", "20000")),
+            max_decode_s=float(e("VLM_MAX_DECODE_SECONDS", "10")), frames=int(e("VLM_FRAMES", "8")),
+            max_frames=int(e("VLM_MAX_FRAMES", "64")),
             max_prompt_chars=int(e("VLM_MAX_PROMPT_CHARS", "2000")), job_timeout=int(e("VLM_JOB_TIMEOUT", "600")),
-            redis_url=e("REDIS_URL", ""), store_path=e("VLM_STORE", "~/.cache/vlm-compare/comparisons.sqlite3"),
+            max_queue=int(e("VLM_MAX_QUEUE", "32")), redis_url=e("REDIS_URL", ""),
+            redis_outage_s=float(e("VLM_REDIS_OUTAGE_S", "30")),
+            store_path=e("VLM_STORE", "~/.cache/vlm-compare/comparisons.sqlite3"),
         )
 
     def models(self) -> list[str]:

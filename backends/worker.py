@@ -9,6 +9,13 @@ refuses any other function a Redis client might name, and `run_job` refuses payl
 `RunRequest` (ok:false result). During a job a heartbeat thread keeps the job's lease `--abandon-after` seconds
 ahead; if the process dies the lease lapses and the client (or any worker's 15 s maintenance) requeues the job
 once (`Retry(max=1)`). A run over its time limit is interrupted (SIGALRM) and comes back ok:false.
+
+Redis going away (a restart, a network blip) never ends the process, idle or busy: every Redis call of the work
+loop rides it out, reconnecting with backoff (at most 2 s apart), then re-registers the worker if Redis lost its
+record, and continues. A result that could not be stored is lost with the old Redis; the client re-submits that
+run (at-least-once execution, exactly one result per run: see backends/redis_pool.py).
+
+    python app.py worker --cleanup --redis URL     the queue's true state; stale records removed, stranded jobs requeued
 """
 
 from __future__ import annotations
@@ -22,17 +29,19 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from rq import Queue
+from rq import Queue, worker_registration
 from rq.job import Job
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
+from backends import rq_upkeep
 from backends.pool import PoolError, TimeLimitExceeded, execute
 from backends.redis_pool import JOB_FUNC, QUEUE, SERIALIZER, connect, safe_url
 from backends.settings import Settings
 from backends.types import RequestError, RunRequest, RunResult, from_json, to_json
 
 MAINTENANCE_S = 15  # rq's registry sweep (abandoned jobs, ...) on idle workers; rq's default is 600
+RECONNECT_S = (0.5, 2.0)  # first and longest wait between reconnection attempts while Redis is away
 
 
 @dataclass
@@ -101,21 +110,93 @@ class GpuWorker(SimpleWorker):
 
     death_penalty_class = _TimeLimit
     abandon_after = 20
+    max_connection_wait_time = RECONNECT_S[1]  # rq's idle dequeue backs off up to 60 s: a 3 s restart cost a minute
+    test_stall = 0.0  # testing aid: seconds between taking a job and starting it
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(self.abandon_after)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
+        if self.test_stall:
+            time.sleep(self.test_stall)
+        try:
+            execution = self.prepare_execution(job)
+        except redis.RedisError as e:  # the job stays taken but unstarted: sweeps requeue it (rq_upkeep)
+            self._ride_out(e)
+            return
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), daemon=True, name="heartbeat")
         beat.start()
         try:
             self.perform_job(job, queue, execution)
+        except redis.RedisError as e:  # its result went with the old Redis: the client re-submits the run
+            self._ride_out(e)
         finally:
             stop.set()
             beat.join()
-        self.set_state(WorkerStatus.IDLE)
+        self._guard(self.set_state, WorkerStatus.IDLE)
+
+    def _guard(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as e:
+            self._ride_out(e)
+            return None
+
+    def _ride_out(self, e: Exception) -> None:
+        """Wait for Redis with backoff (until it is back or the worker is told to stop), then re-register."""
+        self.log.warning("Worker %s: lost Redis (%s); reconnecting", self.name, e)
+        wait = RECONNECT_S[0]
+        while not self._stop_requested:
+            time.sleep(wait)
+            try:
+                self.connection.ping()
+                self._register_again()
+                self.log.warning("Worker %s: Redis is back; continuing", self.name)
+                return
+            except redis.RedisError:
+                wait = min(wait * 2, RECONNECT_S[1])
+
+    def _register_again(self) -> None:
+        """Re-create this worker's record and set memberships if Redis lost them (a restart without persistence)."""
+        with self.connection.pipeline(transaction=False) as p:
+            p.sismember(self.redis_workers_keys, self.key)
+            p.hexists(self.key, "birth")
+            listed, born = p.execute()
+        if listed and born:
+            return
+        with self.connection.pipeline() as p:
+            p.hset(self.key, mapping={k: v for k, v in self.serialize().items() if v is not None})
+            worker_registration.register(self, p)
+            p.expire(self.key, self.worker_ttl + 60)
+            p.execute()
+        self.log.warning("Worker %s: registered again (Redis had lost its record)", self.name)
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        if pipeline is not None:  # part of the job heartbeat's pipeline (the heartbeat thread handles errors)
+            return super().heartbeat(timeout, pipeline)
+        try:
+            super().heartbeat(timeout)
+            self._register_again()
+        except redis.RedisError as e:
+            self._ride_out(e)
+
+    def run_maintenance_tasks(self):
+        self._guard(super().run_maintenance_tasks)
+
+    def clean_registries(self):
+        super().clean_registries()
+        for q in self.queues:  # jobs a dead worker took but never started, within 10 s instead of rq's 60-90 s
+            rq_upkeep.sweep(q)
+
+    def check_for_suspension(self, burst: bool):
+        self._guard(super().check_for_suspension, burst)
+
+    def teardown(self):
+        try:
+            super().teardown()
+        except redis.RedisError as e:  # stopping while Redis is away: the record expires by itself
+            self.log.warning("Worker %s: could not record its exit (%s)", self.name, e)
 
     def _beat(self, job: Job, execution, stop: threading.Event) -> None:
         while not stop.wait(max(0.5, self.abandon_after / 4)):
@@ -134,27 +215,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--abandon-after", type=int, default=GpuWorker.abandon_after, metavar="S",
                    help="seconds without a heartbeat after which this worker's job counts as abandoned")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    p.add_argument("--cleanup", action="store_true", help="print the queue's true state (live workers, running, "
+                   "stranded and failed jobs), remove stale worker records, requeue stranded jobs, and exit")
     p.add_argument("--test-sleep", type=float, default=0.0, metavar="S",
                    help="testing aid: sleep S seconds inside each job before running it")
+    p.add_argument("--test-stall", type=float, default=0.0, metavar="S",
+                   help="testing aid: wait S seconds between taking a job and starting it")
     return p
 
 
 def main(argv: list[str]) -> int:
-    import torch
-
-    from backends.models import ModelLoadError, load_model, pick_device
-
     args = parser().parse_args(argv)
     settings = Settings.from_env()
     url = args.redis or settings.redis_url
     if not url:
         print("error: no Redis URL: pass --redis URL or set REDIS_URL", file=sys.stderr)
         return 2
-    try:
-        conn = connect(url, socket_timeout=None)  # rq sets a timeout that fits its blocking dequeue
-    except PoolError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    deadline, wait = time.monotonic() + (0 if args.cleanup else settings.redis_outage_s), RECONNECT_S[0]
+    while True:  # a worker (re)started during a Redis blip waits out the same bound as the app
+        try:
+            conn = connect(url, socket_timeout=None)  # rq sets a timeout that fits its blocking dequeue
+            break
+        except PoolError as e:
+            if time.monotonic() + wait > deadline or str(e).startswith("bad Redis URL"):
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            time.sleep(wait)
+            wait = min(wait * 2, RECONNECT_S[1])
+    if args.cleanup:
+        print("\n".join(rq_upkeep.report(Queue(args.queue, connection=conn, serializer=SERIALIZER))))
+        return 0
+    import torch
+
+    from backends.models import ModelLoadError, load_model, pick_device
+
     torch.set_num_threads(settings.threads)
     device = str(pick_device(args.device))
     model = args.model or settings.model
@@ -170,7 +264,7 @@ def main(argv: list[str]) -> int:
     # worker_ttl - 15 s is how long an idle worker blocks on the queue: it then runs maintenance if due
     worker = GpuWorker([q], connection=conn, name=name, serializer=SERIALIZER, job_class=RunJob,
                        maintenance_interval=MAINTENANCE_S, worker_ttl=MAINTENANCE_S + 15)
-    worker.abandon_after = max(1, args.abandon_after)
+    worker.abandon_after, worker.test_stall = max(1, args.abandon_after), args.test_stall
     print(f"worker {name}: model {model} on {device}, queue {args.queue!r} at {safe_url(url)}", file=sys.stderr,
           flush=True)
     worker.work(logging_level="INFO", burst=args.burst)

@@ -12,6 +12,7 @@ import pkgutil
 import typing
 from dataclasses import MISSING, fields
 
+from backends import checks
 from backends.types import MethodSpec, RequestError
 from methods.base import STAGES
 
@@ -57,33 +58,11 @@ def get(name: str) -> type:
 
 
 def _coerce(method: str, field: str, kind: typing.Any, value: typing.Any) -> typing.Any:
-    """Turn a CLI/UI value into the field's declared type, or refuse it clearly."""
-    origin = typing.get_origin(kind)
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind is float:
-            return float(value)
-        if origin is typing.Literal:
-            if value not in typing.get_args(kind):
-                raise ValueError
-            return value
-        if kind is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    allowed = f" (one of {typing.get_args(kind)})" if origin is typing.Literal else ""
-    raise RequestError(f"{method}: bad value {value!r} for {field}{allowed}")
+    """Turn a CLI/UI value into the field's declared type, or refuse it clearly (the same rules as the app's
+    checks: numeric strings coerced; NaN, infinities, integers past 64 bits and non-numbers refused)."""
+    if typing.get_origin(kind) is typing.Literal:
+        return checks.coerce(method, field, "choice", value, typing.get_args(kind))
+    return checks.coerce(method, field, _type_name(kind), value)
 
 
 def build(spec: MethodSpec, keep: float | None = None):

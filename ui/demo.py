@@ -22,6 +22,7 @@ from ui.handler import REPEAT_BUDGET_S, TIMED_RUNS, make_compare, make_preview
 from ui.saved import make_finish, make_open
 from ui.style import CSS
 from ui.sweep import SweepTab, make_sweep
+from ui.uploads import image_upload, video_upload
 
 EXAMPLES = ROOT / "assets" / "examples"
 TITLE = "VLM efficiency methods, side by side"
@@ -100,10 +101,10 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
             with gr.Column(scale=1, min_width=300, elem_id="vc-controls") as controls_col:
                 with gr.Tabs() as tabs:
                     with gr.Tab("Image", id="image") as image_tab:
-                        image = gr.Image(type="filepath", sources=["upload", "clipboard"], height=150,
-                                     label="Image (upload or paste)")
+                        image = image_upload(type="filepath", sources=["upload", "clipboard"], height=150,
+                                         label="Image (upload or paste)")
                     with gr.Tab("Video", id="video") as video_tab:
-                        video = gr.Video(sources=["upload"], label="Video", height=150)
+                        video = video_upload(sources=["upload"], label="Video", height=150)
                         frames = gr.Slider(1, 16, value=min(settings.frames, 16), step=1, label="Frames sampled")
                         gallery = gr.Gallery(label="Sampled frames", columns=4, height=120, allow_preview=True)
                         examples("video", [video, prompt], tabs, source)

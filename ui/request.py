@@ -3,8 +3,10 @@
 The compare event runs with `preprocess=False`, so values arrive as sent: files as gradio FileData dicts
 (`{"path", "orig_name", ...}`, already checked to lie in gradio's upload cache), numbers as numbers, the
 method list as a list of names and `params` as a dict or a JSON string. Everything a user can get wrong
-raises `RequestError` with a message for them; parameter values themselves are checked by the method
-registry on the worker, so a bad value fails only that method's run (its card says why).
+raises `RequestError` with a message for them. Parameter values are coerced to the types the catalog declares
+(numeric strings become numbers; NaN, 64-bit overflows, deep nesting are refused here, since the page and the
+API could not even encode them back); their ranges are checked by each method on the worker, so an
+out-of-range value fails only that method's run (its card says why).
 
 Run order: the baseline first (added if missing), then the methods in the order given. A name may repeat
 (e.g. the same method at two settings): `params` keys are a method name (every run of it) or `name#k`
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backends import media
+from backends import checks, media
 from backends.settings import Settings
 from backends.types import Comparison, GenerationSettings, Media, MethodSpec, RequestError
 
@@ -42,6 +44,9 @@ def upload_path(payload: Any) -> tuple[str, str] | None:
         if not path.is_relative_to(upload_folder()):
             raise RequestError("the upload could not be read; upload the file again")
         return str(path), payload.get("orig_name") or path.name
+    if isinstance(payload, str):  # a bare path or URL: the server never opens what a client names
+        raise RequestError("a file must be uploaded, not named by a path or URL: upload it on the page, or send "
+                           "gradio_client.handle_file(path_or_url) from a program")
     raise RequestError("the upload could not be read; upload the file again")
 
 
@@ -55,7 +60,7 @@ def run_order(methods: Any, catalog: dict[str, dict]) -> list[str]:
     names = [m for m in methods if m]
     for n in names:
         if n not in catalog:
-            raise RequestError(f"unknown method {n!r}; known: {', '.join(catalog)}")
+            raise RequestError(f"unknown method {checks.show(n)}; known: {', '.join(catalog)}")
     if BASELINE in names:
         names.remove(BASELINE)  # the first occurrence: it moves to the front, repeats stay where they are
     return [BASELINE, *names]
@@ -69,9 +74,35 @@ def parse_params(params: Any) -> dict[str, dict]:
             params = json.loads(params)
         except json.JSONDecodeError as e:
             raise RequestError(f"params is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError(f"params is nested too deeply (the limit is {checks.MAX_DEPTH} levels)") from None
+    if checks.depth(params) > checks.MAX_DEPTH:
+        raise RequestError(f"params is nested too deeply (the limit is {checks.MAX_DEPTH} levels)")
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise RequestError('params must map a method name to its parameters, e.g. {"fastv": {"k": 2}}')
     return params
+
+
+def coerce_params(name: str, p: dict, entry: dict) -> dict:
+    """A run's parameters as the catalog's declared types (the budget also range-checked, as the method does).
+    Names the method does not know pass as they are (plain JSON values only): its run fails saying so."""
+    fields = {f["name"]: f for f in entry.get("params", [])}
+    out = {}
+    for key, value in p.items():
+        f = fields.get(key)
+        if f is not None:
+            out[key] = checks.coerce(name, key, f["type"], value, f.get("choices") or ())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = checks.number(value, f"{name}: {key}", type(value))
+        elif value is None or isinstance(value, (str, bool)):
+            out[key] = value
+        else:
+            raise RequestError(f"{name}: parameter {checks.show(key)} must be a number, text or true/false, got "
+                               f"{checks.show(value)}")
+    budget = entry.get("budget_field")
+    if budget and budget in out:
+        checks.number(out[budget], f"{name}: {budget}", float, 0.0, 1.0, lo_open=True)
+    return out
 
 
 def run_params(order: list[str], params: dict[str, dict], keep: float, catalog: dict[str, dict]) -> list[dict]:
@@ -80,12 +111,12 @@ def run_params(order: list[str], params: dict[str, dict], keep: float, catalog: 
     counts = {n: order.count(n) for n in order}
     for key in params:
         name, _, k = key.partition("#")
-        if name not in counts or (k and (not k.isdigit() or not 1 <= int(k) <= counts[name])):
-            raise RequestError(f"params names {key!r}, which is not among the runs ({', '.join(order)})")
+        if name not in counts or (k and (not k.isdigit() or len(k) > 6 or not 1 <= int(k) <= counts[name])):
+            raise RequestError(f"params names {checks.show(key)}, which is not among the runs ({', '.join(order)})")
     out, seen = [], dict.fromkeys(counts, 0)
     for name in order:
         seen[name] += 1
-        p = {**params.get(name, {}), **params.get(f"{name}#{seen[name]}", {})}
+        p = coerce_params(name, {**params.get(name, {}), **params.get(f"{name}#{seen[name]}", {})}, catalog[name])
         budget = catalog[name].get("budget_field")
         if budget and budget not in p:
             p[budget] = keep
@@ -93,14 +124,10 @@ def run_params(order: list[str], params: dict[str, dict], keep: float, catalog: 
     return out
 
 
-def number(value: Any, what: str, kind: type = int) -> Any:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{what} must be a number, got {value!r}") from None
-    if kind is int and not x.is_integer():
-        raise RequestError(f"{what} must be a whole number, got {value!r}")
-    return kind(x)
+def number(value: Any, what: str, kind: type = int, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False) -> Any:
+    """A number from the page or the API (numeric strings accepted), range-checked: one message per violation."""
+    return checks.number(value, what, kind, lo, hi, lo_open)
 
 
 def read_media(image: Any, video: Any, frames: Any, source: str, settings: Settings) -> Media:
@@ -130,16 +157,17 @@ def build_comparison(settings: Settings, catalog: dict[str, dict], *, image: Any
                      repeats: Any = 1, source: str = "auto", repeat_budget_s: Any = 0.0) -> Comparison:
     """Validate everything (cheap checks first) and build the request the pool runs."""
     prompt = media.check_prompt(prompt if isinstance(prompt, str) else "", settings)
-    keep = number(keep, "keep", float)
-    if not 0.0 < keep <= 1.0:
-        raise RequestError(f"keep (the share of visual tokens kept) must be in (0, 1], got {keep:g}")
+    keep = number(keep, "keep (the share of visual tokens kept)", float, 0.0, 1.0, lo_open=True)
     model = model or settings.model
-    if model not in settings.models():
-        raise RequestError(f"model {model!r} is not offered here; choose one of: {', '.join(settings.models())}")
+    if not isinstance(model, str) or model not in settings.models():
+        raise RequestError(f"model {checks.show(model)} is not offered here; choose one of: "
+                           f"{', '.join(settings.models())}")
     order = run_order(methods, catalog)
     specs = [MethodSpec(n, p) for n, p in zip(order, run_params(order, parse_params(params), keep, catalog))]
-    gen = GenerationSettings(max_new_tokens=number(max_new_tokens, "max_new_tokens"),
-                             warmup=number(warmup, "warmup"), repeats=number(repeats, "repeats"),
+    gen = GenerationSettings(max_new_tokens=number(max_new_tokens, "max_new_tokens", int, 1, 512),
+                             warmup=number(warmup, "warmup", int, 0, 5), repeats=number(repeats, "repeats", int, 1, 20),
                              repeat_budget_s=number(repeat_budget_s, "repeat_budget_s", float))
-    med = read_media(image, video, frames if frames not in (None, "") else settings.frames, source, settings)
+    frames = settings.frames if frames is None or frames == "" else number(frames, "frames", int, 1,
+                                                                            settings.max_frames)
+    med = read_media(image, video, frames, source, settings)
     return Comparison(med, prompt, specs, gen, model)
