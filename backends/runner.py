@@ -171,7 +171,8 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
                                    effective=sum(per_layer) / len(per_layer)),
         timings_ms=timings, timings_ms_all=[_timings(r["times"], n_out) for r in runs],
         confidence={"mean": round(statistics.fmean(probs), 4), "min": round(min(probs), 4)} if probs else {},
-        flop_ideal_speedup=round(flop_ideal(lm.adapter, state, per_layer, n_out, len(frames)), 3),
+        flop_ideal_speedup=round(flop_ideal(lm.adapter, state, per_layer if state.per_layer_at == "prefill" else
+                                            [state.visual_kept] * len(per_layer), n_out, len(frames)), 3),
         memory=Memory(peak_bytes=peak, peak_kind=last["peak"].kind, kv_cache_bytes=last["kv"][1],
                       kv_cache_bytes_prefill=last["kv"][0]),
         kept_map=last["seen"]["kept_map"],

@@ -57,6 +57,7 @@ class RunState:
     frames: list[FrameTokens] = field(default_factory=list)
     positions: Positions = "reindex"  # RoPE positions of kept visual tokens: contiguous, or their original slots
     per_layer: list[int] | None = None  # visual tokens per decoder layer (None: every layer sees all kept ones)
+    per_layer_at: str = "prefill"  # "decode": per_layer counts the visual KV decoding reads (prefill saw them all)
     stage_maps: list[list[torch.Tensor]] = field(default_factory=list)  # per stage: per frame [N] weights
     info: dict[str, Any] = field(default_factory=dict)
     vision_states: list[torch.Tensor] = field(default_factory=list)  # [i] = input of vision layer i, [F, T, Dv]

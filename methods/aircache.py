@@ -165,7 +165,7 @@ class AirCache(Method):
                 rows = (~drop).nonzero().flatten().to(layer.keys.device)
                 layer.keys, layer.values = layer.keys[:, :, rows], layer.values[:, :, rows]
             maps.append(self._frame_maps(state, kept))
-        state.per_layer = counts
+        state.per_layer, state.per_layer_at = counts, "decode"
         mean = [torch.stack([m[f] for m in maps]).mean(0) for f in range(len(state.frames))]
         state.stage_maps = [mean]  # the share of layers that keep each patch
         rows, cols = state.grid

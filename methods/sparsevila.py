@@ -145,7 +145,7 @@ class Retrieval:
         if first:
             st.stage_maps = [[f.kept_map() for f in st.frames]]
         st.stage_maps = st.stage_maps[:1] + [maps]  # prefill-kept, then this turn's retrieval
-        st.per_layer = [n] * len(st.cache.layers)
+        st.per_layer, st.per_layer_at = [n] * len(st.cache.layers), "decode"
         st.info.update(retrieved_per_layer=n, store_bytes=sum(k.numel() * k.element_size() * 2 for k, _ in self.store),
                        kept_map_meaning="share of decoder layers whose decode reads each patch's KV this turn")
 
