@@ -201,3 +201,22 @@ def test_queue_is_bounded_and_the_rest_route_closed(uploads):
             client.predict(image="/etc/passwd", prompt="how many?", api_name="/compare")
     finally:
         demo.close()
+
+
+def test_a_decimal_upload_limit_launches_and_holds(random_model_dir, tmp_path):
+    """VLM_MAX_UPLOAD_MB=1.5 used to stop the app at launch (gradio read "1.5mb" as the unit ".5MB")."""
+    import os
+
+    from gradio_client import Client, handle_file
+
+    from tests.test_serve import running_app
+
+    under, over = tmp_path / "under.png", tmp_path / "over.png"
+    under.write_bytes(os.urandom(int(1.4 * 2**20)))
+    over.write_bytes(os.urandom(int(1.6 * 2**20)))
+    with running_app(random_model_dir, VLM_MAX_UPLOAD_MB="1.5") as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="under.png is not a readable image"):  # past the upload limit: ours
+            client.predict(image=handle_file(str(under)), prompt="how many?", api_name="/compare")
+        with pytest.raises(Exception, match="(?i)file size|too large|exceeds"):  # refused at upload by gradio
+            client.predict(image=handle_file(str(over)), prompt="how many?", api_name="/compare")
