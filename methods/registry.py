@@ -8,7 +8,9 @@ the test matrix all read it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+import re
 import typing
 from dataclasses import MISSING, fields
 
@@ -86,6 +88,20 @@ def _type_name(kind: typing.Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
+def _field_help(cls: type) -> dict[str, str]:
+    """Each field's trailing comment in its class body (`keep: float = 0.5  # share kept ...`): the page shows it
+    as the parameter's explanation, so a field documented once in its method file is explained everywhere."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # base classes first, so a subclass's comment wins
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^    (\w+): [^\n=]+=[^\n#]*#\s*(.+)$", source, re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
 def catalog() -> list[dict]:
     """Every method with its paper facts and fields (name, type, default, choices): what the UI renders."""
     out = []
@@ -96,7 +112,8 @@ def catalog() -> list[dict]:
         for f in fields(cls):
             default = f.default if f.default is not MISSING else None
             choices = list(typing.get_args(hints[f.name])) if typing.get_origin(hints[f.name]) is typing.Literal else []
-            params.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "choices": choices})
+            params.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "choices": choices,
+                           "help": _field_help(cls).get(f.name, "")})
         out.append({"name": n, "stage": cls.stage, "stage_label": STAGES[cls.stage], "paper": cls.paper,
                     "summary": cls.summary, "needs": cls.needs,
                     "fidelity": cls.fidelity, "rope": cls.rope, "budget_field": cls.budget_field, "params": params})

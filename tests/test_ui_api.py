@@ -82,6 +82,18 @@ def test_streams_one_update_per_run(client):
     assert doc["saved"]["link"] == f"/?id={doc['saved']['id']}"  # stored: the page's permalink reopens it
 
 
+def test_the_baselines_own_work_is_never_coloured_a_win_or_a_loss(client):
+    """`random` at keep 1.0 does the baseline's work: five comparisons in a row never colour its speedup, and
+    every timing on its card carries its min-max."""
+    for _ in range(5):
+        job = compare(client, image=IMAGE, methods=["random"], params={"random": {"keep": 1.0}})
+        _, cards, _, _, doc = job.result()
+        card = cards[cards.index('data-method="random"'):]
+        assert doc["runs"][1]["output_ids"] == doc["runs"][0]["output_ids"]
+        assert "vc-good" not in card and "vc-bad" not in card and "about the same" in card
+        assert card.count("ms (") >= 2  # total and TTFT: "12 ms (11–14 ms)"
+
+
 def test_sweep_returns_points_and_plots(client):
     from gradio_client import handle_file
 

@@ -19,16 +19,19 @@ PICKED_BY_DEFAULT = 3  # pre-ticked methods, so one click on an example and one 
 
 
 def _field(p: dict) -> gr.components.Component:
+    """One parameter's field: labelled with its name (never cut: each field gets room for it) and explained by
+    its method's field comment (the catalog's "help"), with the paper default named."""
     kind, default, label = p["type"], p["default"], p["name"]
+    info = "; ".join(x for x in (p.get("help", ""), f"default {default!r}") if x)
     if kind == "bool":
-        return gr.Checkbox(value=bool(default), label=label)
+        return gr.Checkbox(value=bool(default), label=label, info=info, min_width=200)
     if kind == "int":
-        return gr.Number(value=default, precision=0, label=label, min_width=90)
+        return gr.Number(value=default, precision=0, label=label, info=info, min_width=200)
     if kind == "float":
-        return gr.Number(value=default, label=label, min_width=90)
+        return gr.Number(value=default, label=label, info=info, min_width=200)
     if kind == "choice":
-        return gr.Dropdown(choices=p["choices"], value=default, label=label, min_width=120)
-    return gr.Textbox(value="" if default is None else str(default), label=label, min_width=120)
+        return gr.Dropdown(choices=p["choices"], value=default, label=label, info=info, min_width=200)
+    return gr.Textbox(value="" if default is None else str(default), label=label, info=info, min_width=200)
 
 
 def default_picks(stages: dict[str, list[dict]]) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from backends.settings import BUILTIN, ROOT, Settings
+from backends.types import DEFAULT_MAX_NEW_TOKENS
 from ui.controls import MethodControls, methods_table
 from ui.fmt import esc
 from ui.gpu import on_gpu
@@ -98,13 +99,13 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
         params = gr.JSON(visible=False, label="params")
         prompt = gr.Textbox(label="Question", value="how many shapes are there?", max_lines=3, render=False)
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300, elem_id="vc-controls") as controls_col:
+            with gr.Column(scale=1, min_width=360, elem_id="vc-controls") as controls_col:
                 with gr.Tabs() as tabs:
                     with gr.Tab("Image", id="image") as image_tab:
-                        image = image_upload(type="filepath", sources=["upload", "clipboard"], height=150,
+                        image = image_upload(type="filepath", sources=["upload", "clipboard"], height=120,
                                          label="Image (upload or paste)")
                     with gr.Tab("Video", id="video") as video_tab:
-                        video = video_upload(sources=["upload"], label="Video", height=150)
+                        video = video_upload(sources=["upload"], label="Video", height=120)
                         frames = gr.Slider(1, 16, value=min(settings.frames, 16), step=1, label="Frames sampled")
                         gallery = gr.Gallery(label="Sampled frames", columns=4, height=120, allow_preview=True)
                         examples("video", [video, prompt], tabs, source)
@@ -115,7 +116,7 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                 with gr.Accordion("Method parameters (paper defaults)", open=False):
                     controls.parameters()
                 with gr.Accordion("Generation, timing and model", open=False):
-                    max_new = gr.Slider(1, 64, value=8, step=1, label="Max new tokens")
+                    max_new = gr.Slider(1, 128, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="Max new tokens")
                     model = gr.Dropdown([_model_label(m) for m in settings.models()], value=settings.model,
                                         label="Model")
                     with gr.Row():
@@ -173,7 +174,7 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                     queue=False).then(
                 compare, inputs, [banner, cards, summary, download, doc],
                 api_name="compare" if api == "public" else None, api_visibility=api, preprocess=False,
-                concurrency_limit=workers, concurrency_id="compare", show_progress="minimal").success(
+                concurrency_limit=workers, concurrency_id="compare", show_progress="hidden").success(
                 make_finish(store), doc, finished, api_visibility="private", queue=False)
         sweep_ui.wire(sweep, controls, methods, [image, video, prompt, methods], [max_new, model, frames, warmup],
                       source, workers)

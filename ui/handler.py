@@ -21,7 +21,7 @@ from backends import media
 from backends.document import document
 from backends.pool import PoolError
 from backends.settings import BUILTIN, Settings
-from backends.types import Comparison, RequestError, RunResult
+from backends.types import DEFAULT_MAX_NEW_TOKENS, Comparison, RequestError, RunResult
 from ui import cards, domain, exports, heatmap, summary
 from ui.fmt import esc
 from ui.request import build_comparison, number, upload_path
@@ -128,14 +128,14 @@ class View:
 def refused(message: str) -> tuple:
     """The page after a refused request: nothing of an earlier comparison stays on screen."""
     banner = f'<div class="vc-error" data-state="refused"><b>Refused:</b> {esc(message)}</div>'
-    return banner, cards.grid([]), "", None, None
+    return banner, "", "", None, None
 
 
 def make_compare(pool, settings: Settings, store=None):
     catalog = {m["name"]: m for m in pool.catalog()}
 
     def compare(image=None, video=None, prompt="", methods=None, keep=1.0, params=None,
-                max_new_tokens=8, model=None, frames=None, warmup=1, repeats=TIMED_RUNS,
+                max_new_tokens=DEFAULT_MAX_NEW_TOKENS, model=None, frames=None, warmup=1, repeats=TIMED_RUNS,
                 source="auto", repeat_budget_s=REPEAT_BUDGET_S):
         """Run the baseline and the chosen methods on one image or video and stream the results.
 

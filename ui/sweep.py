@@ -16,7 +16,7 @@ import gradio as gr
 
 from backends.document import document
 from backends.settings import Settings
-from backends.types import RequestError
+from backends.types import DEFAULT_MAX_NEW_TOKENS, RequestError
 from ui import plots
 from ui.fmt import esc
 from ui.request import build_comparison, number
@@ -52,7 +52,7 @@ def make_sweep(pool, settings: Settings):
     budgets = {n: m.get("budget_field") for n, m in catalog.items()}
 
     def sweep(image=None, video=None, prompt="", methods=None, keeps=DEFAULT_KEEPS,
-              max_new_tokens=8, model=None,
+              max_new_tokens=DEFAULT_MAX_NEW_TOKENS, model=None,
               frames=None, warmup=1, repeats=3, repeat_budget_s=0.5, source="auto"):
         """Run the chosen methods at each keep (and the baseline once) and stream the points.
 
@@ -119,4 +119,4 @@ class SweepTab:
                           queue=False).then(
             sweep, [*head, self.keeps, *tail, self.repeats, self.budget, source],
             [self.status, self.latency, self.agreement, self.points, self.doc], api_name="sweep",
-            preprocess=False, concurrency_limit=workers, concurrency_id="compare", show_progress="minimal")
+            preprocess=False, concurrency_limit=workers, concurrency_id="compare", show_progress="hidden")
