@@ -5,10 +5,11 @@
 
 Starts a redis-server (no persistence), `--workers` `python app.py worker` processes and `python app.py` on it
 (the built-in model, or `--model`), measures undisturbed reference answers for every input, then runs `--clients`
-concurrent gradio_client users for `--comparisons` comparisons in all while a chaos thread SIGKILLs a random worker
-every `--kill-every` s (starting a replacement) and restarts Redis once (down `--redis-down` s) half-way. Then it
-sends the hostile inputs of `bench/hostile.py` and checks the aftermath (workers alive and registered, no job
-stranded). Everything it started is stopped at the end, and the whole run is bounded by `--time-limit`.
+concurrent gradio_client users for `--comparisons` comparisons in all while a chaos thread SIGKILLs a random serving
+worker (possibly mid-job; a replacement starts at once) every `--kill-every` s and restarts Redis once (down
+`--redis-down` s) half-way. Then it sends the hostile inputs of `bench/hostile.py` and checks the aftermath
+(workers alive and registered, no job stranded). Everything it started is stopped at the end, and the whole run
+is bounded by `--time-limit`.
 
 Figures: finished (comparisons whose every run came back ok), lost (a comparison that came back without all its
 runs, or failed), hung (no answer within `--hang-s`), wrong (a run whose tokens differ from the reference),
@@ -116,14 +117,27 @@ class Rig:
         for p in self.alive_workers():
             self.peak["worker"] = max(self.peak["worker"], hwm_mb(p.pid))
 
-    def kill_one_worker(self) -> None:
-        victims = self.alive_workers()
-        if victims:
-            victim = random.choice(victims)
-            self.sample_memory()
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            self.start_worker()
+    def kill_one_worker(self) -> bool:
+        """SIGKILL a random serving worker (registered, so possibly mid-job) and start a replacement. Workers still
+        loading are spared: on a loaded 2-core box a replacement needs longer than a kill interval to start."""
+        import redis
+        from rq import Queue
+
+        from backends import rq_upkeep
+
+        try:
+            serving = {w.pid for w in rq_upkeep.live_workers(Queue("vlm", connection=redis.Redis.from_url(self.url)))}
+        except redis.RedisError:  # Redis is being restarted: try again next round
+            return False
+        victims = [p for p in self.alive_workers() if p.pid in serving]
+        if not victims:
+            return False
+        victim = random.choice(victims)
+        self.sample_memory()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        self.start_worker()
+        return True
 
     def restart_redis(self, down_s: float) -> None:
         self.redis.terminate()
@@ -220,8 +234,7 @@ def load(args, url: str, rig: Rig) -> dict:
                 restarted = True
             due = time.monotonic() - t0 >= args.kill_every * (chaos["kills"] + 1)
             if args.kill_every > 0 and (due or (chaos["kills"] == 0 and done_share >= 0.25)):  # at least one
-                rig.kill_one_worker()
-                chaos["kills"] += 1
+                chaos["kills"] += rig.kill_one_worker()
 
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(args.clients)]
     chaos_thread = threading.Thread(target=chaos_loop, daemon=True)
