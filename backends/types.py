@@ -51,8 +51,10 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 512:
             raise RequestError(f"max_new_tokens must be in 1..512, got {self.max_new_tokens}")
-        if not 0 <= self.warmup <= 5 or not 1 <= self.repeats <= 20:
-            raise RequestError("warmup must be in 0..5 and repeats in 1..20")
+        if not 0 <= self.warmup <= 5:  # one message per violation, as the page, the API and the CLI give
+            raise RequestError(f"warmup must be in 0..5, got {self.warmup}")
+        if not 1 <= self.repeats <= 20:
+            raise RequestError(f"repeats must be in 1..20, got {self.repeats}")
         if not 0 <= self.repeat_budget_s <= 60:
             raise RequestError(f"repeat_budget_s must be in 0..60 seconds, got {self.repeat_budget_s:g}")
 
