@@ -11,7 +11,14 @@ import sys
 
 from backends import checks
 from backends.settings import BUILTIN, Settings
-from backends.types import Comparison, GenerationSettings, MethodSpec, RequestError
+from backends.types import (
+    DEFAULT_MAX_NEW_TOKENS,
+    Comparison,
+    GenerationSettings,
+    MethodSpec,
+    RequestError,
+    check_follow_ups,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,11 +63,14 @@ def compare_parser() -> argparse.ArgumentParser:
     src.add_argument("--image", help="image file")
     src.add_argument("--video", help="video file (frames sampled evenly)")
     p.add_argument("--prompt", required=True)
+    p.add_argument("--follow-up", action="append", default=[], metavar="QUESTION", dest="follow_up",
+                   help="a later question of the same conversation, answered on each run's own KV cache "
+                        "(repeatable, in order; at most 7)")
     p.add_argument("--methods", default="baseline", help="comma list from the registry (default: baseline)")
     p.add_argument("--keep", type=float, default=None, help="visual-token budget of budgeted methods, in (0, 1]")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE")
     p.add_argument("--model", default=None, help=f"'{BUILTIN}' (default), a model folder or a Hugging Face id")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--frames", type=int, default=None, help="frames sampled from a video (default 8)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
@@ -83,7 +93,12 @@ def build_comparison(args: argparse.Namespace, settings: Settings) -> Comparison
     gen = GenerationSettings(max_new_tokens=checks.number(args.max_new_tokens, "max_new_tokens", int, 1, 512),
                              warmup=checks.number(args.warmup, "warmup", int, 0, 5),
                              repeats=checks.number(args.repeats, "repeats", int, 1, 20))
-    return Comparison(med, prompt, specs, gen, args.model or settings.model)
+    ups = [media.check_prompt(q, settings) for q in check_follow_ups(args.follow_up, settings.max_prompt_chars)]
+    comparison = Comparison(med, prompt, specs, gen, args.model or settings.model, follow_ups=ups)
+    from backends import turns  # loads torch: after the cheap checks
+
+    turns.precheck(comparison, settings)
+    return comparison
 
 
 def _table(doc: dict) -> str:
@@ -93,6 +108,10 @@ def _table(doc: dict) -> str:
         ans = (r["answer"] if r["ok"] else f"ERROR: {r['error']}")[:23]
         rows.append(f"{r['method']:<16}{'yes' if r['ok'] else 'no':<4}{ans:<24}{vt['kept']:>5}/{vt['input']:<4}"
                     f"{t['ttft']:>10.1f}{t['total']:>10.1f}{r['memory']['peak_bytes'] / 2**20:>9.1f}")
+        for k, turn in enumerate(r.get("turns", [])[1:], 2):  # follow-ups: the answer on this run's own cache
+            vt, t = turn["visual_tokens"], turn["timings_ms"]
+            rows.append(f"{'  turn ' + str(k):<20}{turn['answer'][:23]:<24}{vt['kept']:>5}/{vt['input']:<4}"
+                        f"{t['ttft']:>10.1f}{t['total']:>10.1f}{turn['memory']['peak_bytes'] / 2**20:>9.1f}")
     return "\n".join(rows)
 
 

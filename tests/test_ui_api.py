@@ -55,7 +55,7 @@ def test_api_parameter_names(client):
     params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/compare"]["parameters"]
     assert [p["parameter_name"] for p in params] == ["image", "video", "prompt", "methods", "keep", "params",
                                                      "max_new_tokens", "model", "frames", "warmup", "repeats",
-                                                     "repeat_budget_s"]
+                                                     "repeat_budget_s", "follow_ups"]
 
 
 def test_streams_one_update_per_run(client):
@@ -108,7 +108,9 @@ def test_sweep_returns_points_and_plots(client):
     assert rows[1]["answer"] == rows[0]["answer"] and rows[2]["flop_ideal_speedup"] > 1.0
     for plot, y in ((latency, "total_ms"), (agreement, "agreement")):
         assert plot["value"]["mark"] == "line" and plot["x"] == "keep" and plot["y"] == y
-        assert len(plot["value"]["data"]) == 3
+        drawn = [dict(zip(plot["value"]["columns"], row)) for row in plot["value"]["data"]]
+        base = [(d["keep"], d[y]) for d in drawn if d["method"] == "baseline"]  # a flat reference line
+        assert len(drawn) == 4 and sorted(k for k, _ in base) == [0.25, 1.0] and base[0][1] == base[1][1]
     assert [r["params"].get("keep") for r in doc["runs"][1:]] == [1.0, 0.25]
     with pytest.raises(Exception, match=r"every keep must be in \(0, 1\], got 1.5"):
         client.submit(image=handle_file(IMAGE), methods=["random"], keeps="1.5", api_name="/sweep").result()

@@ -113,6 +113,9 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                 controls.picker()
                 keep = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Visual-token budget: share kept (keep)")
                 run = gr.Button("Compare", variant="primary", elem_id="vc-run")
+                with gr.Accordion("Follow-up questions (a conversation)", open=False):
+                    follow_ups = gr.Textbox(label="Follow-up questions (one a line)", lines=2, max_lines=7,
+                                            placeholder="asked in turn, each on the run's own KV cache")
                 with gr.Accordion("Method parameters (paper defaults)", open=False):
                     controls.parameters()
                 with gr.Accordion("Generation, timing and model", open=False):
@@ -165,7 +168,8 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
             return (*controls.collect(*values), "", None, gr.Group(visible=False), gr.BarPlot(visible=False),
                     gr.BarPlot(visible=False), gr.skip())
 
-        inputs = [image, video, prompt, methods, keep, params, max_new, model, frames, warmup, repeats, source, budget]
+        inputs = [image, video, prompt, methods, keep, params, max_new, model, frames, warmup, repeats, source, budget,
+                  follow_ups]
         # The click is the API's "compare"; Enter in the question runs the same chain without a second endpoint.
         # The first step clears what an earlier comparison left (a refused one then leaves nothing stale).
         for trigger, api in ((run.click, "public"), (prompt.submit, "private")):

@@ -136,7 +136,7 @@ def make_compare(pool, settings: Settings, store=None):
 
     def compare(image=None, video=None, prompt="", methods=None, keep=1.0, params=None,
                 max_new_tokens=DEFAULT_MAX_NEW_TOKENS, model=None, frames=None, warmup=1, repeats=TIMED_RUNS,
-                source="auto", repeat_budget_s=REPEAT_BUDGET_S):
+                source="auto", repeat_budget_s=REPEAT_BUDGET_S, follow_ups=None):
         """Run the baseline and the chosen methods on one image or video and stream the results.
 
         image / video: an uploaded file (send one); prompt: the question; methods: registry names (the
@@ -144,7 +144,8 @@ def make_compare(pool, settings: Settings, store=None):
         per-method overrides, {"method": {...}} or {"method#2": {...}} for its 2nd run, a dict or JSON
         string; max_new_tokens; model: one the deployment offers; frames: sampled from a video; warmup /
         repeats: untimed and (at least) timed runs per method; repeat_budget_s: more timed runs, up to 20,
-        while their totals spread over 10% and these seconds are not spent.
+        while their totals spread over 10% and these seconds are not spent; follow_ups: later questions of
+        the same conversation (a list, or text with one a line), each answered on every run's own KV cache.
         Each update is (banner HTML, cards HTML, summary HTML, download file or None, comparison document);
         the last holds every result.
         """
@@ -152,7 +153,7 @@ def make_compare(pool, settings: Settings, store=None):
             comp = build_comparison(settings, catalog, image=image, video=video, prompt=prompt, methods=methods,
                                     keep=keep, params=params, max_new_tokens=max_new_tokens, model=model,
                                     frames=frames, warmup=warmup, repeats=repeats, source=source,
-                                    repeat_budget_s=repeat_budget_s)
+                                    repeat_budget_s=repeat_budget_s, follow_ups=follow_ups)
         except RequestError as e:  # the user's mistake: one line in the log, no trace; the page is cleared
             log.warning("refused a compare request: %s", e)
             yield refused(str(e))

@@ -23,7 +23,7 @@ from typing import Any
 
 from backends import checks, media
 from backends.settings import Settings
-from backends.types import Comparison, GenerationSettings, Media, MethodSpec, RequestError
+from backends.types import DEFAULT_MAX_NEW_TOKENS, Comparison, GenerationSettings, Media, MethodSpec, RequestError
 
 BASELINE = "baseline"
 
@@ -153,8 +153,10 @@ def read_media(image: Any, video: Any, frames: Any, source: str, settings: Setti
 
 def build_comparison(settings: Settings, catalog: dict[str, dict], *, image: Any = None, video: Any = None,
                      prompt: Any = "", methods: Any = None, keep: Any = 1.0, params: Any = None,
-                     max_new_tokens: Any = 8, model: Any = None, frames: Any = None, warmup: Any = 1,
-                     repeats: Any = 1, source: str = "auto", repeat_budget_s: Any = 0.0) -> Comparison:
+                     max_new_tokens: Any = DEFAULT_MAX_NEW_TOKENS, model: Any = None, frames: Any = None,
+                     warmup: Any = 1,
+                     repeats: Any = 1, source: str = "auto", repeat_budget_s: Any = 0.0,
+                     follow_ups: Any = None) -> Comparison:
     """Validate everything (cheap checks first) and build the request the pool runs."""
     prompt = media.check_prompt(prompt if isinstance(prompt, str) else "", settings)
     keep = number(keep, "keep (the share of visual tokens kept)", float, 0.0, 1.0, lo_open=True)
@@ -169,5 +171,16 @@ def build_comparison(settings: Settings, catalog: dict[str, dict], *, image: Any
                              repeat_budget_s=number(repeat_budget_s, "repeat_budget_s", float))
     frames = settings.frames if frames is None or frames == "" else number(frames, "frames", int, 1,
                                                                             settings.max_frames)
+    ups = follow_up_list(follow_ups, settings)
     med = read_media(image, video, frames, source, settings)
-    return Comparison(med, prompt, specs, gen, model)
+    return Comparison(med, prompt, specs, gen, model, follow_ups=ups)
+
+
+def follow_up_list(follow_ups: Any, settings: Settings) -> list[str]:
+    """Later questions of the conversation: a list (API; an empty one is refused) or the page's text box, one
+    question a line (blank lines skipped)."""
+    from backends.types import check_follow_ups
+
+    if isinstance(follow_ups, str):
+        follow_ups = [q for q in follow_ups.splitlines() if q.strip()]
+    return [media.check_prompt(q, settings) for q in check_follow_ups(follow_ups, settings.max_prompt_chars)]
