@@ -13,7 +13,16 @@ from transformers import DynamicCache
 from backends import media, runner, turns
 from backends.settings import Settings
 from backends.state import RunState
-from backends.types import GenerationSettings, MethodSpec, RequestError, RunRequest, RunResult, from_json, to_json
+from backends.types import (
+    GenerationSettings,
+    Media,
+    MethodSpec,
+    RequestError,
+    RunRequest,
+    RunResult,
+    from_json,
+    to_json,
+)
 from methods import registry
 
 S = Settings()
@@ -72,6 +81,8 @@ def test_turn_one_mirrors_the_top_level_and_json_round_trips(baseline):
         assert b.timings_ms.vision == 0 and b.timings_ms.prefill > 0
     back = from_json(RunResult, to_json(baseline))
     assert back == baseline and json.loads(to_json(baseline))["turns"][2]["prompt"] == UPS[1]
+    req = RunRequest(Media("image", ["AA=="]), Q1, MethodSpec("baseline"), follow_ups=UPS)  # as Redis carries it
+    assert from_json(RunRequest, to_json(req)).follow_ups == UPS
 
 
 @pytest.mark.parametrize("name", registry.names())
