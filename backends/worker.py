@@ -224,6 +224,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _until_redis(fn, url: str, bound_s: float):
+    """`fn()`, retried with backoff while Redis is unreachable for up to `bound_s` seconds: a worker (re)started
+    during a Redis blip waits it out, like the app, instead of exiting. Past the bound: PoolError naming the URL."""
+    deadline, wait = time.monotonic() + bound_s, RECONNECT_S[0]
+    while True:
+        try:
+            return fn()
+        except (redis.RedisError, PoolError) as e:
+            if time.monotonic() + wait > deadline or str(e).startswith("bad Redis URL"):
+                raise e if isinstance(e, PoolError) else PoolError(f"cannot reach Redis at {safe_url(url)}: {e}") \
+                    from None
+            time.sleep(wait)
+            wait = min(wait * 2, RECONNECT_S[1])
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     settings = Settings.from_env()
@@ -231,17 +246,12 @@ def main(argv: list[str]) -> int:
     if not url:
         print("error: no Redis URL: pass --redis URL or set REDIS_URL", file=sys.stderr)
         return 2
-    deadline, wait = time.monotonic() + (0 if args.cleanup else settings.redis_outage_s), RECONNECT_S[0]
-    while True:  # a worker (re)started during a Redis blip waits out the same bound as the app
-        try:
-            conn = connect(url, socket_timeout=None)  # rq sets a timeout that fits its blocking dequeue
-            break
-        except PoolError as e:
-            if time.monotonic() + wait > deadline or str(e).startswith("bad Redis URL"):
-                print(f"error: {e}", file=sys.stderr)
-                return 1
-            time.sleep(wait)
-            wait = min(wait * 2, RECONNECT_S[1])
+    bound = 0 if args.cleanup else settings.redis_outage_s
+    try:  # rq sets a socket timeout that fits its blocking dequeue
+        conn = _until_redis(lambda: connect(url, socket_timeout=None), url, bound)
+    except PoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.cleanup:
         print("\n".join(rq_upkeep.report(Queue(args.queue, connection=conn, serializer=SERIALIZER))))
         return 0
@@ -261,11 +271,19 @@ def main(argv: list[str]) -> int:
     global _STATE
     _STATE = _State(settings, device, name, models, args.test_sleep)
     q = Queue(args.queue, connection=conn, serializer=SERIALIZER, job_class=RunJob)
-    # worker_ttl - 15 s is how long an idle worker blocks on the queue: it then runs maintenance if due
-    worker = GpuWorker([q], connection=conn, name=name, serializer=SERIALIZER, job_class=RunJob,
-                       maintenance_interval=MAINTENANCE_S, worker_ttl=MAINTENANCE_S + 15)
-    worker.abandon_after, worker.test_stall = max(1, args.abandon_after), args.test_stall
-    print(f"worker {name}: model {model} on {device}, queue {args.queue!r} at {safe_url(url)}", file=sys.stderr,
-          flush=True)
-    worker.work(logging_level="INFO", burst=args.burst)
+
+    def start() -> None:  # registering (rq's constructor and bootstrap) needs Redis: it may blink meanwhile
+        # worker_ttl - 15 s is how long an idle worker blocks on the queue: it then runs maintenance if due
+        worker = GpuWorker([q], connection=conn, name=name, serializer=SERIALIZER, job_class=RunJob,
+                           maintenance_interval=MAINTENANCE_S, worker_ttl=MAINTENANCE_S + 15)
+        worker.abandon_after, worker.test_stall = max(1, args.abandon_after), args.test_stall
+        print(f"worker {name}: model {model} on {device}, queue {args.queue!r} at {safe_url(url)}",
+              file=sys.stderr, flush=True)
+        worker.work(logging_level="INFO", burst=args.burst)  # its loop rides out later outages itself
+
+    try:
+        _until_redis(start, url, settings.redis_outage_s)
+    except PoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
