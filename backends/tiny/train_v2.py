@@ -101,6 +101,22 @@ def attention_loss(model, emb, b, layer: int = 0, head: int = 0):
     return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6).mean()
 
 
+def losses(model, ds_head, b, args) -> tuple[torch.Tensor, dict]:
+    """LM loss on answers + the content-token (ds) and attention aux losses of one batch."""
+    emb, logits, mid = forward(model, b, 2 if args.w_ds > 0 else None)
+    loss = lm_loss(logits, b["labels"])
+    parts = {"lm": loss.item()}
+    if args.w_ds > 0 and len(b["ds_rows"]):
+        l_ds = F.cross_entropy(ds_head(mid[b["ds_rows"], b["ds_cols"]]), b["ds_tgt"])
+        loss = loss + args.w_ds * l_ds
+        parts["ds"] = l_ds.item()
+    if args.w_att > 0 and len(b["at_rows"]):
+        l_att = attention_loss(model, emb, b)
+        loss = loss + args.w_att * l_att
+        parts["att"] = l_att.item()
+    return loss, parts
+
+
 # ------------------------------------------------------------------------------------------ check set
 
 
@@ -144,7 +160,7 @@ def parse_args(argv):
     p.add_argument("--ckpt", default=None, help="resume checkpoint file (default: <out>.ckpt.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt")
     p.add_argument("--seed", type=int, default=0, help="new rows/heads seed+2; data seed+2000; check set seed+2999")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--images", type=int, default=12, help="image conversations per step")
     p.add_argument("--clips", type=int, default=4, help="video clips per step")
@@ -153,7 +169,7 @@ def parse_args(argv):
     p.add_argument("--min-lr-frac", type=float, default=0.05)
     p.add_argument("--w-ds", type=float, default=0.5)
     p.add_argument("--w-att", type=float, default=0.3)
-    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     return p.parse_args(argv)
 
@@ -210,22 +226,17 @@ def main(argv: list[str] | None = None) -> dict:
                         args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, parts = 0.0, {}
-        for name, b in (("img", image_batch(rng, voc, args.images)), ("vid", video_batch(rng, voc, args.clips))):
-            emb, logits, mid = forward(model, b, 2 if args.w_ds > 0 else None)
-            l_lm = lm_loss(logits, b["labels"])
-            loss = loss + l_lm
-            parts[f"lm_{name}"] = l_lm.item()
-            if args.w_ds > 0 and len(b["ds_rows"]):
-                l_ds = F.cross_entropy(ds_head(mid[b["ds_rows"], b["ds_cols"]]), b["ds_tgt"])
-                loss = loss + args.w_ds * l_ds
-                parts[f"ds_{name}"] = l_ds.item()
-            if args.w_att > 0 and len(b["at_rows"]):
-                l_att = attention_loss(model, emb, b)
-                loss = loss + args.w_att * l_att
-                parts[f"att_{name}"] = l_att.item()
+        # One image batch, then each clip on its own (clip lengths vary 16..768 tokens: padding them into one batch
+        # doubled the cost); gradients accumulate, clips weighted 1/clips so video counts like one batch.
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        parts: dict[str, float] = {}
+        work = [("img", image_batch(rng, voc, args.images), 1.0)]
+        work += [("vid", video_batch(rng, voc, 1), 1.0 / args.clips) for _ in range(args.clips)]
+        for name, b, w in work:
+            loss, got = losses(model, ds_head, b, args)
+            (w * loss).backward()
+            for k, v in got.items():
+                parts[f"{k}_{name}"] = parts.get(f"{k}_{name}", 0.0) + w * v
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         for k, v in parts.items():
