@@ -102,16 +102,19 @@ def build_comparison(args: argparse.Namespace, settings: Settings) -> Comparison
 
 
 def _table(doc: dict) -> str:
-    rows = [f"{'method':<16}{'ok':<4}{'answer':<24}{'kept':>10}{'ttft ms':>10}{'total ms':>10}{'peak MB':>9}"]
+    """One row per run (and per follow-up turn); the answer comes last and whole, so a long description is never
+    cut."""
+    rows = [f"{'method':<16}{'ok':<4}{'kept':>10}{'ttft ms':>10}{'total ms':>10}{'peak MB':>9}  answer"]
     for r in doc["runs"]:
         vt, t = r["visual_tokens"], r["timings_ms"]
-        ans = (r["answer"] if r["ok"] else f"ERROR: {r['error']}")[:23]
-        rows.append(f"{r['method']:<16}{'yes' if r['ok'] else 'no':<4}{ans:<24}{vt['kept']:>5}/{vt['input']:<4}"
-                    f"{t['ttft']:>10.1f}{t['total']:>10.1f}{r['memory']['peak_bytes'] / 2**20:>9.1f}")
+        ans = r["answer"] if r["ok"] else f"ERROR: {r['error']}"
+        rows.append(f"{r['method']:<16}{'yes' if r['ok'] else 'no':<4}{vt['kept']:>5}/{vt['input']:<4}"
+                    f"{t['ttft']:>10.1f}{t['total']:>10.1f}{r['memory']['peak_bytes'] / 2**20:>9.1f}  {ans}")
         for k, turn in enumerate(r.get("turns", [])[1:], 2):  # follow-ups: the answer on this run's own cache
             vt, t = turn["visual_tokens"], turn["timings_ms"]
-            rows.append(f"{'  turn ' + str(k):<20}{turn['answer'][:23]:<24}{vt['kept']:>5}/{vt['input']:<4}"
-                        f"{t['ttft']:>10.1f}{t['total']:>10.1f}{turn['memory']['peak_bytes'] / 2**20:>9.1f}")
+            rows.append(f"{'  turn ' + str(k):<20}{vt['kept']:>5}/{vt['input']:<4}"
+                        f"{t['ttft']:>10.1f}{t['total']:>10.1f}{turn['memory']['peak_bytes'] / 2**20:>9.1f}  "
+                        f"{turn['answer']}")
     return "\n".join(rows)
 
 

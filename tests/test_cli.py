@@ -101,3 +101,13 @@ def test_compare_pre_llm_methods_at_a_budget(random_model_dir, scene_png):
         assert runs[name]["visual_tokens"]["kept"] == 16
         shares = [v for row in runs[name]["kept_map"][0] for v in row]
         assert min(shares) < 1.0 and abs(sum(shares) - 16) < 1e-4  # each kept token carries one patch of weight
+
+
+def test_table_prints_whole_answers():
+    from backends.cli import _table
+
+    long = "a red circle at the top left, a blue square at the center and a green triangle at the bottom right"
+    run = {"method": "baseline", "ok": True, "answer": long, "visual_tokens": {"kept": 64, "input": 64},
+           "timings_ms": {"ttft": 1.0, "total": 2.0}, "memory": {"peak_bytes": 2**20}}
+    out = _table({"runs": [run]})
+    assert out.splitlines()[1].endswith("  " + long)
