@@ -7,8 +7,9 @@ tokens (side drawn per clip: 8 = full frames, else 2..8, as Dynamic-VLM trains i
 followed by 1-3 video questions. Loss is on answers and `</s>` only.
 
 Besides ids and labels, a batch carries the targets of two training-only auxiliary losses (see `train_v2`):
-`ds` (a content token predicts its one-word answer) and `att` (one attention head of the content token, or of the
-`a` that opens each described object, should land on the image tokens of the cell it is about).
+`ds` (a content token predicts its one-word answer) and `att` (an attention head of the content token, or of the
+`a` that opens each described object, should land on the image tokens of the cell it is about: head 0 in the first
+frame, head 1 in the last).
 """
 
 from __future__ import annotations
@@ -68,25 +69,27 @@ class Builder:
             kind = q["kind"]
             if kind in ("color", "shape_at", "exists", "direction"):
                 self.ds.append((row, start + len(qi) - 2, voc.a(q["answer"])))
-            targets = []  # (query position, frame index, cell)
+            # (query position, frame index, cell, head): head 0 reads the first (or only) frame, head 1 the last,
+            # so a direction question gets the start and the end position from two heads it can compare.
+            targets = []
+            last = len(frame_slots) - 1
             if kind in ("shape_at", "at_start", "at_end"):
                 k = next(j for j, t in enumerate(qi) if t in pos_ids)
-                f = len(frame_slots) - 1 if kind == "at_end" else 0
-                targets.append((start + k, f, pos_ids[qi[k]]))
+                targets.append((start + k, last, pos_ids[qi[k]], 1) if kind == "at_end"
+                               else (start + k, 0, pos_ids[qi[k]], 0))
             elif kind == "color":  # the shape word finds the unique shape's cell
-                targets.append((start + len(qi) - 2, 0, q["cell"]))
-            elif kind == "direction":
-                targets += [(start + len(qi) - 3, 0, q["cells"][0]), (start + len(qi) - 3, len(frame_slots) - 1,
-                                                                       q["cells"][1])]
+                targets.append((start + len(qi) - 2, 0, q["cell"], 0))
+            elif kind == "direction":  # the shape word: where the object starts (head 0) and ends (head 1)
+                targets += [(start + len(qi) - 3, 0, q["cells"][0], 0), (start + len(qi) - 3, last, q["cells"][1], 1)]
             ans = voc.tok(q["answer"], add_special_tokens=False)["input_ids"]
             a0 = start + len(qi) + len(voc.cue)
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
                 for j, c in zip([j for j, t in enumerate(ans) if t == voc.a("a")], q["cells"]):
-                    targets.append((a0 + j, 0, c))  # 'a' predicts the colour: its query should find the object
-            for qpos, f, cell in targets:
+                    targets.append((a0 + j, 0, c, 0))  # 'a' predicts the colour: its query should find the object
+            for qpos, f, cell, head in targets:
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
-                    self.att.append((row, qpos, slots))
+                    self.att.append((row, qpos, slots, head))
             ids += qi + voc.cue + ans + [voc.eos]
             lab += [-100] * (len(qi) + len(voc.cue)) + ans + [voc.eos]
             spans.append((a0, a0 + len(ans) + 1, kind))
@@ -103,14 +106,15 @@ class Builder:
         for i, (s, lb) in enumerate(zip(self.seqs, self.labels)):
             ids[i, :len(s)], lab[i, :len(lb)], att[i, :len(s)] = torch.tensor(s), torch.tensor(lb), 1
         tmask = torch.zeros((len(self.att), L), dtype=torch.bool)
-        for n, (_, _, slots) in enumerate(self.att):
+        for n, (_, _, slots, _) in enumerate(self.att):
             tmask[n, torch.as_tensor(slots)] = True
         return dict(input_ids=ids, labels=lab, attention_mask=att, turns=self.turns,
                     ds_rows=torch.tensor([d[0] for d in self.ds], dtype=torch.long),
                     ds_cols=torch.tensor([d[1] for d in self.ds], dtype=torch.long),
                     ds_tgt=torch.tensor([d[2] for d in self.ds], dtype=torch.long),
                     at_rows=torch.tensor([a[0] for a in self.att], dtype=torch.long),
-                    at_cols=torch.tensor([a[1] for a in self.att], dtype=torch.long), at_mask=tmask)
+                    at_cols=torch.tensor([a[1] for a in self.att], dtype=torch.long), at_mask=tmask,
+                    at_heads=torch.tensor([a[3] for a in self.att], dtype=torch.long))
 
 
 def _annotate(objs, q: dict) -> dict:

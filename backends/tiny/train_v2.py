@@ -9,9 +9,11 @@ The vision tower is frozen (v1 trained it with its per-patch auxiliary losses; e
 it); the projector and the decoder train. Each step: an image batch (1-5 turn conversations over the five v1 kinds
 and descriptions) and a video batch (frames pooled to a per-clip side x side grid, 2..8, or full 8x8).
 Training-only aux losses, as in v1 (heads not saved): content token -> answer at decoder layer 2 (`--w-ds`), and
-decoder layer 0 head 0's attention from the content token (and from each described object's opening `a`) onto the
-image tokens of the cell it is about (`--w-att`). A checkpoint for `--resume` is written at every evaluation; the
-best model (by its worst kind on the check set) is saved to --out. Deterministic for a seed and thread count.
+decoder layer 0's attention from the content token (and from each described object's opening `a`) onto the
+image tokens of the cell it is about (`--w-att`; head 0 in the first frame, head 1 in the last, so a direction
+question reads where its object starts and ends from two heads). A checkpoint for `--resume` is written at every
+evaluation; the best model (by its worst kind on the check set) is saved to --out. Deterministic for a seed and
+thread count.
 """
 
 from __future__ import annotations
@@ -79,22 +81,22 @@ def forward(model, b, ds_layer: int | None):
     return emb, model.lm_head(out.last_hidden_state), mid
 
 
-def attention_loss(model, emb, b, layer: int = 0, head: int = 0):
-    """-log(attention mass of one head of decoder `layer`, at each query position, on its target tokens)."""
+def attention_loss(model, emb, b, layer: int = 0):
+    """-log(attention mass of decoder `layer`'s head `at_heads[n]`, at each query position, on its target tokens)."""
     from transformers.models.llama.modeling_llama import rotate_half
 
-    rows, cols, tmask = b["at_rows"], b["at_cols"], b["at_mask"]
+    rows, cols, tmask, heads = b["at_rows"], b["at_cols"], b["at_mask"], b["at_heads"]
     lm = model.model.language_model
     attn = lm.layers[layer].self_attn
     d = attn.head_dim
     x = lm.layers[layer].input_layernorm(emb)
-    L = x.shape[1]
+    L, n = x.shape[1], len(rows)
     cos, sin = lm.rotary_emb(x, position_ids=torch.arange(L).unsqueeze(0))
     cos, sin = cos[0], sin[0]
-    kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-    k = attn.k_proj(x[rows]).view(len(rows), L, -1, d)[:, :, kv]
+    kv = heads // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
+    k = attn.k_proj(x[rows]).view(n, L, -1, d)[torch.arange(n), :, kv]  # [n, L, d]
     k = k * cos + rotate_half(k) * sin
-    q = attn.q_proj(x[rows, cols]).view(len(rows), -1, d)[:, head]
+    q = attn.q_proj(x[rows, cols]).view(n, -1, d)[torch.arange(n), heads]  # [n, d]
     q = q * cos[cols] + rotate_half(q) * sin[cols]
     sc = torch.einsum("nd,nld->nl", q, k) * attn.scaling
     sc = sc.masked_fill(torch.arange(L).unsqueeze(0) > cols.unsqueeze(1), float("-inf"))
@@ -160,7 +162,7 @@ def parse_args(argv):
     p.add_argument("--ckpt", default=None, help="resume checkpoint file (default: <out>.ckpt.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt")
     p.add_argument("--seed", type=int, default=0, help="new rows/heads seed+2; data seed+2000; check set seed+2999")
-    p.add_argument("--steps", type=int, default=2200)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--images", type=int, default=12, help="image conversations per step")
     p.add_argument("--clips", type=int, default=4, help="video clips per step")
