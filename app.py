@@ -5,7 +5,7 @@
     python app.py eval --data FILE.jsonl [--methods a,b] [--keep R] [--json]   accuracy A/B on labelled data
     python app.py methods                                               the method table (markdown)
     python app.py calibrate-shortv [--model M] [--data FILE.jsonl]      rank layers for ShortV (stored per model)
-    python app.py train-tiny [--out DIR] [--seed N]                     train the built-in model
+    python app.py train-tiny [--out DIR] [--seed N] [--init V1_DIR]     train the built-in model (v1 then v2)
     python app.py worker [--redis URL] [--device DEV] [--model M]       serve runs from Redis (one per GPU)
 """
 
@@ -68,9 +68,9 @@ def main(argv: list[str]) -> int:
 
         return calibrate_main(rest)
     if cmd == "train-tiny":
-        from backends.tiny.train import main as train_main
+        from backends.tiny.train_v2 import pipeline
 
-        return train_main(rest) or 0
+        return pipeline(rest)
     print(f"error: unknown command {cmd!r}; see python app.py --help", file=sys.stderr)
     return 2
 
