@@ -140,11 +140,15 @@ def test_sweep_draws_its_plots(browser, app, tmp_path):
         page.get_by_role("tab", name="Budget sweep").click()
         page.get_by_label("Keeps (shares of visual tokens, each in (0, 1])").fill("1.0, 0.5, 0.25")
         page.get_by_role("button", name="Run sweep").click()
-        total = 1 + 3 * page.locator("#vc-controls input[type=checkbox]:checked").count()
+        names = [n.strip() for n in page.locator("#vc-controls label:has(input:checked)").all_inner_texts()]
+        total = 1 + 3 * len(names)
         page.wait_for_function(f"() => document.body.innerText.includes('{total} of {total} sweep runs finished')",
                                timeout=300_000)
         for plot in ("#vc-sweep-latency", "#vc-sweep-agreement"):  # vega draws into a canvas or an svg
             page.wait_for_selector(f"{plot} canvas, {plot} svg.marks", timeout=30_000)
+            # every method's line (and the baseline's reference line) is drawn, named in the legend
+            page.wait_for_function(f"() => {['baseline', *names]!r}.every(n => "
+                                   f"document.querySelector('{plot}').innerText.includes(n))", timeout=30_000)
         shot = tmp_path / "sweep.png"
         page.locator("#vc-results").screenshot(path=str(shot))
         if target := os.environ.get("VLM_SWEEP_SCREENSHOT"):

@@ -135,7 +135,8 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                     with gr.Tab("Comparison"):
                         banner = gr.HTML()
                         cards = gr.HTML(INTRO)
-                        examples("image", [image, prompt], tabs, source)
+                        with gr.Accordion("Example inputs", open=True) as example_box:  # folds when a run starts
+                            examples("image", [image, prompt], tabs, source)
                         summary = gr.HTML()
                         with gr.Row():
                             lat_plot = gr.BarPlot(x="run", y="ms", color="stage", visible=False, x_label_angle=-20,
@@ -151,7 +152,7 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                         with gr.Accordion("Comparison document (JSON, as the CLI prints it)", open=False):
                             doc = gr.JSON(label="document")
                     with gr.Tab("Budget sweep"):
-                        sweep_ui = SweepTab()
+                        sweep_ui = SweepTab([m["name"] for m in catalog])
                     with gr.Tab("Saved"):
                         recent = gr.HTML()
                     with gr.Tab("Methods"):
@@ -166,7 +167,7 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
             """The picked methods and changed parameters, and the page cleared of the previous comparison's
             permalink, exports and charts (the compare handler's first update replaces cards and summary)."""
             return (*controls.collect(*values), "", None, gr.Group(visible=False), gr.BarPlot(visible=False),
-                    gr.BarPlot(visible=False), gr.skip())
+                    gr.BarPlot(visible=False), gr.skip(), gr.Accordion(open=False))
 
         inputs = [image, video, prompt, methods, keep, params, max_new, model, frames, warmup, repeats, source, budget,
                   follow_ups]
@@ -174,7 +175,7 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
         # The first step clears what an earlier comparison left (a refused one then leaves nothing stale).
         for trigger, api in ((run.click, "public"), (prompt.submit, "private")):
             trigger(None, js=SCROLL_TO_RESULTS)
-            trigger(start, controls.inputs, [methods, params, *finished], api_visibility="private",
+            trigger(start, controls.inputs, [methods, params, *finished, example_box], api_visibility="private",
                     queue=False).then(
                 compare, inputs, [banner, cards, summary, download, doc],
                 api_name="compare" if api == "public" else None, api_visibility=api, preprocess=False,

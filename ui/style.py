@@ -5,8 +5,8 @@ CSS = """
 .vc-legend { display:flex; align-items:center; gap:6px; flex-wrap:wrap; font-size:12px;
   color:var(--body-text-color-subdued); margin:2px 0 8px; }
 .vc-legend i { display:inline-block; width:140px; height:10px; border-radius:3px; }
-/* auto-fit: a comparison's cards share one row while each can be 200 px wide (4-5 on a laptop) */
-.vc-cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(200px, 1fr)); gap:10px; }
+/* auto-fit: a comparison's cards share one row while each can be 185 px wide (4 on a 1280 px laptop) */
+.vc-cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(185px, 1fr)); gap:10px; }
 .vc-card { border:1px solid var(--border-color-primary); border-radius:10px; padding:10px;
   background:var(--block-background-fill); display:flex; flex-direction:column; gap:6px; min-width:0; }
 .vc-ref { border:2px solid var(--color-accent); }

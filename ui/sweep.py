@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import gradio as gr
+import pandas as pd
 
 from backends.document import document
 from backends.settings import Settings
@@ -37,14 +38,23 @@ def parse_keeps(keeps) -> list[float]:
     return sorted(set(out), reverse=True)
 
 
-def _plots(doc: dict | None, budgets: dict) -> tuple:
+# one colour per method, fixed for the whole sweep (a colour domain learnt from the first update would drop
+# the methods that finish later); the baseline is the grey reference line
+LATENCY_TITLE, AGREE_TITLE = "Latency (median total) vs keep", "Agreement with the baseline's answer vs keep"
+PALETTE = ("#4a6cf7", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#06b6d4", "#ec4899", "#84cc16", "#f97316")
+
+
+def _plots(doc: dict | None, budgets: dict, keeps: list[float] = (), progress: str = "") -> tuple:
+    """(latency plot, agreement plot, points table). Axes and colours are set when the tab is built; each
+    update's title carries the progress, which also makes gradio redraw the plot with its new colour domain
+    (a data-only update keeps the methods of the first one)."""
     pts = plots.sweep_points(doc, budgets)
-    lat = gr.LinePlot(pts, x="keep", y="total_ms", color="method", title="Latency (median total) vs keep",
-                      x_title="keep (share of visual tokens)", y_title="total ms", tooltip="all")
-    agree = gr.LinePlot(pts, x="keep", y="agreement", color="method", y_lim=[0, 1.05], tooltip="all",
-                        title="Agreement with the baseline's answer vs keep", x_title="keep (share of visual tokens)",
-                        y_title="share of baseline tokens reproduced")
-    return lat, agree, pts
+    drawn = pts[pts.method != "baseline"]
+    base = pts[pts.method == "baseline"]
+    if len(base) and keeps:  # the baseline as a flat reference line across the swept keeps
+        drawn = pd.concat([drawn, *(base.assign(keep=k) for k in keeps)], ignore_index=True)
+    return (gr.LinePlot(drawn, title=f"{LATENCY_TITLE}{progress}"),
+            gr.LinePlot(drawn, title=f"{AGREE_TITLE}{progress}"), pts.round(3))
 
 
 def make_sweep(pool, settings: Settings):
@@ -85,7 +95,7 @@ def make_sweep(pool, settings: Settings):
                 doc = document(comp, results)
                 status = (f'<div class="vc-status"><b>{len(results)} of {len(comp.methods)} sweep runs finished'
                           f"</b>{note}</div>")
-                yield (status, *_plots(doc, budgets), doc)
+                yield (status, *_plots(doc, budgets, ks, f" ({len(results)} of {len(comp.methods)} runs)"), doc)
         finally:
             if hasattr(stream, "close"):
                 stream.close()
@@ -96,7 +106,7 @@ def make_sweep(pool, settings: Settings):
 class SweepTab:
     """The sweep's controls and charts (render inside a tab); `wire` connects them once the inputs exist."""
 
-    def __init__(self):
+    def __init__(self, methods: list[str]):
         gr.Markdown("The methods ticked on the left, each at every keep below (the baseline once), on the same "
                     "input and question. Points fill in as runs finish.")
         with gr.Row():
@@ -105,9 +115,16 @@ class SweepTab:
             self.budget = gr.Number(0.5, minimum=0, maximum=60, label="Repeat budget (s)", scale=1)
         self.button = gr.Button("Run sweep", variant="primary", elem_id="vc-sweep-run")
         self.status = gr.HTML()
+        colours = {"baseline": "#9ca3af", **{m: PALETTE[i % len(PALETTE)]
+                                             for i, m in enumerate(n for n in methods if n != "baseline")}}
+        common = dict(x="keep", color="method", color_map=colours, tooltip="all",
+                      x_title="keep (share of visual tokens)")
         with gr.Row():
-            self.latency = gr.LinePlot(x="keep", y="total_ms", color="method", elem_id="vc-sweep-latency")
-            self.agreement = gr.LinePlot(x="keep", y="agreement", color="method", elem_id="vc-sweep-agreement")
+            self.latency = gr.LinePlot(y="total_ms", title=LATENCY_TITLE, y_title="total ms",
+                                       elem_id="vc-sweep-latency", **common)
+            self.agreement = gr.LinePlot(y="agreement", y_lim=[0, 1.05], elem_id="vc-sweep-agreement",
+                                         title=AGREE_TITLE,
+                                         y_title="share of baseline tokens reproduced", **common)
         self.points = gr.Dataframe(label="Points (one row a run; min/max over its timed runs)", interactive=False)
         with gr.Accordion("Sweep document (JSON)", open=False):
             self.doc = gr.JSON(label="sweep document")
