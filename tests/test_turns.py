@@ -123,3 +123,21 @@ def test_bad_conversations_get_one_message(random_model, scene_png):
         run(random_model, scene_png, "baseline", ups=["how many shapes are there?"] * 8)
     with pytest.raises(RequestError, match=r"positions .* the model's context is 2048"):
         run(random_model, scene_png, "baseline", ups=UPS * 2, tokens=512)
+
+
+def test_cli_follow_ups(random_model_dir, scene_png, capsys):
+    from app import main
+
+    base = ["compare", "--image", scene_png, "--prompt", Q1, "--model", random_model_dir, "--warmup", "0",
+            "--repeats", "1"]
+    assert main([*base, "--follow-up", UPS[0], "--follow-up", UPS[1], "--methods", "baseline,aircache",
+                 "--max-new-tokens", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [[t["prompt"] for t in r["turns"]] for r in doc["runs"]] == [[Q1, *UPS]] * 2
+    for extra, message in ((["--follow-up", " "], "follow-up question 1 (turn 2) is empty"),
+                           (["--follow-up", "q"] * 8, "the conversation has 9 turns; the limit is 8"),
+                           ([*(["--follow-up", "q"] * 3), "--max-new-tokens", "512"],
+                            "positions (4 turn(s) of up to 512 new tokens")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err
