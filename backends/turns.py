@@ -157,7 +157,7 @@ def follow_up(lm, state, prompts: list[str], answers: list[str], last: int, nxt:
         t3 = clock(dev)
     answer = tok.decode([t for t in tokens if t not in eos], skip_special_tokens=True).strip()
     return {"tokens": tokens, "answer": answer, "times": (t1 - t0, 0.0, t2 - t1, t3 - t2, t3 - t0), "peak": peak,
-            "kv": (kv_prefill, cache_bytes(state.cache)), "next": nxt, "fed": ids}
+            "kv": (kv_prefill, cache_bytes(state.cache)), "next": nxt}
 
 
 def snapshot(state) -> dict:
