@@ -72,12 +72,13 @@ def evaluate_turns(lm, items: list[dict], specs, settings, max_new_tokens: int =
 
 
 def table(results: list[dict]) -> str:
-    """Plain-text per-turn accuracy table, one row per method."""
+    """Plain-text table, one row per method: accuracy / object F1 of each turn and of all turns."""
     turns = max(len(r["by_turn"]) for r in results)
-    head = f"{'method':<14}{'params':<34}" + "".join(f"{'turn ' + str(k + 1):>9}" for k in range(turns))
-    rows = [head + f"{'all':>8}{'ms/conv':>10}"]
+    head = f"{'method':<14}{'params':<34}" + "".join(f"{'turn ' + str(k + 1):>12}" for k in range(turns))
+    rows = [head + f"{'all':>12}{'ms/conv':>10}", f"{'':<48}(accuracy / F1)"]
     for r in results:
-        accs = "".join(f"{t['accuracy']:>9.3f}" for t in r["by_turn"]) + " " * 9 * (turns - len(r["by_turn"]))
-        rows.append(f"{r['method']:<14}{json.dumps(r['params'])[:33]:<34}{accs}{r['accuracy']:>8.3f}"
+        cells = "".join(f"{t['accuracy']:>7.2f}/{t['f1']:.2f}" for t in r["by_turn"])
+        cells += " " * 12 * (turns - len(r["by_turn"]))
+        rows.append(f"{r['method']:<14}{json.dumps(r['params'])[:33]:<34}{cells}{r['accuracy']:>7.2f}/{r['f1']:.2f}"
                     f"{r['mean_latency_ms']:>10.1f}")
     return "\n".join(rows)
