@@ -14,6 +14,7 @@ pictures. The run uses the built-in model when it is present, else the tiny rand
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -84,6 +85,14 @@ def test_fold_at_1280x800(browser, app):
         # nothing empty in the first viewport: no file box, no empty chart before a run
         assert page.locator("#vc-results .block:visible:has(input[type=file])").count() == 0
         assert page.locator(".vc-intro").is_visible() and in_view(page, page.locator(".vc-intro"))
+        # every method parameter: its whole label, and an explanation from its field's comment
+        page.get_by_text("Method parameters (paper defaults)").click()
+        labels = page.locator('#vc-controls [data-testid="block-info"]')
+        labels.last.wait_for()
+        cut = labels.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
+        assert labels.count() > 10 and cut == [], cut
+        explained = page.get_by_text(re.compile(r"\S; default ")).count()  # "<field comment>; default <value>"
+        assert explained >= 10, explained
     finally:
         page.close()
 
@@ -102,6 +111,12 @@ def test_comparison_then_refusal_then_phone(browser, app, tmp_path):
             assert alts and all(a.startswith(f"{method}:") for a in alts), alts
             assert "min–max" in card.locator(".vc-num").first.get_attribute("title")
         assert page.locator("#vc-results").bounding_box()["y"] < 800  # results came into view
+        small = cards.nth(1).locator("img").first
+        width = small.bounding_box()["width"]
+        small.click()  # a map enlarges on click (and shrinks back when something else is clicked)
+        assert small.bounding_box()["width"] > 2 * width
+        page.locator("h1").click()
+        assert small.bounding_box()["width"] == pytest.approx(width, abs=1)
         shot = tmp_path / "page.png"
         page.screenshot(path=str(shot), full_page=True)
         if target := os.environ.get("VLM_UI_SCREENSHOT"):

@@ -145,3 +145,28 @@ def test_a_refused_request_logs_one_line_and_no_trace(caplog, capfd):
     lines = [r.getMessage() for r in caplog.records if r.name == "vlm.ui"]
     assert len(lines) == 1 and lines[0].startswith("refused a compare request: the prompt is empty"), lines
     assert "Traceback" not in capfd.readouterr().err
+
+
+class BrokenPool(StandInPool):
+    def compare(self, comparison):
+        raise RuntimeError("a bug in the pool")
+        yield
+
+
+def test_a_real_fault_keeps_its_trace(caplog):
+    from gradio_client import Client
+
+    from backends.settings import Settings
+    from ui.demo import build_demo
+
+    demo = build_demo(BrokenPool(0), Settings())
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="vlm.ui"):
+            with pytest.raises(Exception, match="The worker pool failed: RuntimeError: a bug in the pool"):
+                compare(Client(demo.local_url, verbose=False), image=IMAGE).result()
+    finally:
+        demo.close()
+    faults = [r for r in caplog.records if r.name == "vlm.ui"]
+    assert len(faults) == 1 and faults[0].exc_info and "a bug in the pool" in str(faults[0].exc_info[1])
+
