@@ -80,7 +80,7 @@ def sample_clip(rng: np.random.Generator, p_still: float = 0.2) -> Clip:
     raise RuntimeError("could not place a moving object")  # unreachable in practice: one object always can move
 
 
-def make_video_question(clip: Clip, kind: str, rng: np.random.Generator) -> dict | None:
+def make_video_question(clip: Clip, kind: str, rng: np.random.Generator, p_mover: float = 0.75) -> dict | None:
     """One question of `kind`; None when it cannot be asked unambiguously (no object unique by colour and shape)."""
     objs = clip.objs
     if kind == "direction":
@@ -88,8 +88,8 @@ def make_video_question(clip: Clip, kind: str, rng: np.random.Generator) -> dict
                   if sum(1 for p in objs if (p.color, p.shape) == (o.color, o.shape)) == 1]
         if not unique:
             return None
-        # Ask about the mover most of the time, so "still" is common but not dominant.
-        i = clip.mover if clip.mover in unique and rng.random() < 0.75 else unique[int(rng.integers(len(unique)))]
+        # Ask about the mover most of the time (p_mover), so "still" is common but not dominant.
+        i = clip.mover if clip.mover in unique and rng.random() < p_mover else unique[int(rng.integers(len(unique)))]
         o = objs[i]
         ans = clip.direction if i == clip.mover else "still"
         return dict(question=f"which way does the {o.color} {o.shape} move?", answer=ans, kind=kind, obj=i)
@@ -111,7 +111,8 @@ def make_video_question(clip: Clip, kind: str, rng: np.random.Generator) -> dict
     raise ValueError(f"unknown video question kind {kind!r}")
 
 
-def sample_video_questions(clip: Clip, rng: np.random.Generator, n: int, weights: dict[str, float]) -> list[dict]:
+def sample_video_questions(clip: Clip, rng: np.random.Generator, n: int, weights: dict[str, float],
+                           p_mover: float = 0.75) -> list[dict]:
     """`n` distinct questions about one clip, kinds drawn with `weights`."""
     w = np.array([weights.get(k, 0.0) for k in VIDEO_KINDS], dtype=float)
     w = w / w.sum()
@@ -119,7 +120,7 @@ def sample_video_questions(clip: Clip, rng: np.random.Generator, n: int, weights
     for _ in range(20 * n):
         if len(out) == n:
             break
-        q = make_video_question(clip, VIDEO_KINDS[int(rng.choice(len(VIDEO_KINDS), p=w))], rng)
+        q = make_video_question(clip, VIDEO_KINDS[int(rng.choice(len(VIDEO_KINDS), p=w))], rng, p_mover)
         if q is not None and q["question"] not in seen:
             seen.add(q["question"])
             out.append(q)

@@ -129,7 +129,8 @@ def make_check(seed: int, voc: Vocab, n_img: int, n_vid: int):
     vids = []
     for side in (8, 4):
         r = np.random.default_rng(seed + 1)  # the same clips at both sides
-        vids += [(side, video_batch(r, voc, 10, frames=(8, 8), qa=(1, 1), side=side)) for _ in range(n_vid // 10)]
+        vids += [(side, video_batch(r, voc, 10, frames=(8, 8), qa=(1, 1), side=side, p_still=0.2, p_mover=0.75))
+                 for _ in range(n_vid // 10)]  # the held-out sets' shares of still clips and mover questions
     return imgs, vids
 
 
