@@ -2,17 +2,39 @@
 
 A method never checks a model's class name; it asks the adapter for the vision tower, the projector, the
 decoder layers, the rotary embedding, where the image tokens sit and the patch grid of each image.
+
+A model may feed the LLM from several vision encoders (`encoders`, one `EncoderSpan` each): every image's tokens
+are then each encoder's tokens in turn (slots `offset .. offset + rows * cols - 1`). Seams that only make sense
+for one encoder (`grid`, `vision_forward`, `vision_qk`) refuse on such a model with a message saying why, so a
+method built on them refuses too instead of silently dropping an encoder's tokens.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from backends.types import RequestError
 
 
 class UnsupportedModel(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class EncoderSpan:
+    """One vision encoder's tokens within an image's visual tokens."""
+
+    name: str  # e.g. "clip", "conv"
+    grid: tuple[int, int]  # patch rows, cols
+    offset: int  # slot of its first token among the image's visual tokens
+
+    @property
+    def size(self) -> int:
+        return self.grid[0] * self.grid[1]
 
 
 @dataclass
@@ -34,7 +56,9 @@ class LlavaAdapter:
         self.feature_layer = cfg.vision_feature_layer
         self.select_strategy = cfg.vision_feature_select_strategy
         side = self.vision_config.image_size // self.vision_config.patch_size
-        self.grid = (side, side)  # patch rows, cols of one image (LLaVA-1.5: 24x24; built-in: 8x8)
+        # patch rows, cols of one image (LLaVA-1.5: 24x24; built-in: 8x8)
+        self.encoders = [EncoderSpan(str(getattr(self.vision_config, "model_type", "vision")).split("_")[0],
+                                     (side, side), 0)]
         # CLIP puts a CLS token first; the "default" strategy drops it before the projector.
         self.num_prefix_tokens = 1 if self.select_strategy == "default" else 0
 
@@ -77,7 +101,41 @@ class LlavaAdapter:
 
     @property
     def tokens_per_image(self) -> int:
-        return self.grid[0] * self.grid[1]
+        return sum(e.size for e in self.encoders)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch rows, cols of one image; refused when the tokens come from several encoders' grids."""
+        self.one_encoder("reads the visual tokens as one patch grid (rows x cols)")
+        return self.encoders[0].grid
+
+    def one_encoder(self, what: str) -> None:
+        """Raise `RequestError` on a multi-encoder model: a method that `what` cannot split its tokens."""
+        if len(self.encoders) > 1:
+            parts = " + ".join(f"{e.name} {e.grid[0]}x{e.grid[1]}" for e in self.encoders)
+            raise RequestError(f"this method {what}, but this model feeds the LLM {len(self.encoders)} vision "
+                               f"encoders' tokens ({parts}); it runs on one-encoder models only")
+
+    def project_tokens(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Projector per token: hidden [V, Dv], index [V] the slot each token stands for -> [V, D]."""
+        return self.project(hidden)
+
+    def map_rows(self, shares: torch.Tensor) -> list[list[float]]:
+        """One frame's per-slot shares [tokens_per_image] as the rows x cols map a card draws. Several encoders:
+        each encoder's map repeated onto the finest grid all of them divide (8x8 and 6x6: 24x24), then averaged,
+        so a cell reads as the share of the encoders' tokens covering it that reach the LLM."""
+        if len(self.encoders) == 1:
+            return shares.reshape(self.encoders[0].grid).tolist()
+        rows = math.lcm(*(e.grid[0] for e in self.encoders))
+        cols = math.lcm(*(e.grid[1] for e in self.encoders))
+        maps = [shares[e.offset:e.offset + e.size].reshape(1, 1, *e.grid).float() for e in self.encoders]
+        return torch.stack([F.interpolate(m, size=(rows, cols), mode="nearest")[0, 0] for m in maps]).mean(0).tolist()
+
+    def encode(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Vision stage of a run: (states of the tower as `vision_forward` returns them, the tokens the projector
+        reads [F, tokens_per_image, Dv])."""
+        states = self.vision_forward(pixel_values)
+        return states, states[-1][:, self.num_prefix_tokens:]
 
     # ---- operations --------------------------------------------------------------------------------
     def prompt(self, question: str, n_images: int) -> str:
@@ -99,6 +157,11 @@ class LlavaAdapter:
         """Run the tower up to the feature layer (or to layer `stop`, exclusive). Returns states[i] = input of
         layer i, [F, prefix + N, Dv]; states[-1] is the output LLaVA projects. Later layers are skipped: their
         output is never used."""
+        self.one_encoder("runs or edits one vision tower's layers")
+        return self.tower_forward(pixel_values, stop)
+
+    def tower_forward(self, pixel_values: torch.Tensor, stop: int | None = None) -> list[torch.Tensor]:
+        """`vision_forward` of the first (CLIP-style) tower, on any model."""
         tower = self.vision_tower
         h = tower.embeddings(pixel_values)
         if hasattr(tower, "pre_layrnorm"):  # CLIP has one; SigLIP does not
@@ -112,6 +175,11 @@ class LlavaAdapter:
     def vision_qk(self, layer: int, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys that vision layer `layer` computes from its input `states` [F, T, Dv]:
         two [F, T, Dv] tensors (heads not split). Recomputed here so the tower keeps its fast kernel."""
+        self.one_encoder("scores tokens by one vision tower's attention")
+        return self.tower_qk(layer, states)
+
+    def tower_qk(self, layer: int, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`vision_qk` of the first tower, on any model."""
         mod = self.vision_layers[layer]
         x = mod.layer_norm1(states)
         return mod.self_attn.q_proj(x), mod.self_attn.k_proj(x)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from backends.adapter import LlavaAdapter, UnsupportedModel, adapter_for
-from backends.settings import BUILTIN, BUILTIN_DIR, Settings
+from backends.settings import BUILTIN, BUILTIN_2ENC, BUILTIN_DIRS, Settings
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -69,12 +69,13 @@ def _quant_config(quantize: str, dtype: torch.dtype):
 
 def resolve(name: str) -> tuple[str, bool]:
     """(source for from_pretrained, is_local)."""
-    if name == BUILTIN:
-        return str(BUILTIN_DIR), True
+    if name in BUILTIN_DIRS:
+        return str(BUILTIN_DIRS[name]), True
     if Path(name).is_dir():
         return name, True
     if not _HUB_ID.match(name):
-        raise ModelLoadError(f"{name!r} is neither 'builtin', a model folder, nor a Hugging Face id (owner/name)")
+        raise ModelLoadError(f"{name!r} is neither 'builtin' (or a variant: {BUILTIN_2ENC}), a model folder, nor a "
+                             "Hugging Face id (owner/name)")
     return name, False
 
 
@@ -82,10 +83,15 @@ def load_model(name: str, settings: Settings | None = None, device: str | None =
                quantize: str | None = None) -> LoadedModel:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    import backends.adapter_multi  # noqa: F401  (registers the two-encoder model class and its adapter)
+
     settings = settings or Settings.from_env()
     src, local = resolve(name)
-    if name == BUILTIN and not BUILTIN_DIR.is_dir():
-        raise ModelLoadError(f"the built-in model is missing at {BUILTIN_DIR}; train it with: python app.py train-tiny")
+    if name == BUILTIN and not BUILTIN_DIRS[BUILTIN].is_dir():
+        raise ModelLoadError(f"the built-in model is missing at {src}; train it with: python app.py train-tiny")
+    if name == BUILTIN_2ENC and not (Path(src) / "model.safetensors").is_file():
+        raise ModelLoadError(f"the two-encoder built-in model is not trained yet (no weights at {src}); train it "
+                             f"with: python -m backends.tiny.train_2enc (see its docstring)")
     dev = pick_device(device)
     dtype = pick_dtype(settings.dtype, dev)
     quantize = settings.quantize if quantize is None else quantize

@@ -37,7 +37,8 @@ def build_sequence(state: RunState) -> tuple[torch.Tensor, torch.Tensor]:
     text = ad.embed_tokens(state.input_ids)[0]  # [L, D]
     slots = ad.image_positions(state.input_ids)
     n = ad.tokens_per_image
-    feats = ad.project(torch.cat([f.hidden for f in state.frames])).to(text.dtype)  # [V, D]
+    feats = ad.project_tokens(torch.cat([f.hidden for f in state.frames]),  # [V, D]: each encoder's projector
+                              torch.cat([f.index for f in state.frames])).to(text.dtype)
     suffix, m = ad.frame_suffix(), ad.suffix_tokens
     pieces, pos, vis, cursor, off, length = [], [], [], 0, 0, 0
     for f, frame in enumerate(state.frames):
@@ -176,7 +177,7 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
         memory=Memory(peak_bytes=peak, peak_kind=last["peak"].kind, kv_cache_bytes=last["kv"][1],
                       kv_cache_bytes_prefill=last["kv"][0]),
         kept_map=last["seen"]["kept_map"],
-        stage_maps=[[m.reshape(state.grid).tolist() for m in stage] for stage in state.stage_maps],
+        stage_maps=[[lm.adapter.map_rows(m) for m in stage] for stage in state.stage_maps],
         info={"positions": state.positions, "seq_len": state.seq_len, **state.info},
         measurement=measurement(lm, gen, started, len(runs)),
         turns=turns.turn_list(runs, [prompt, *ups], state.visual_in, _timings),

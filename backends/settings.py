@@ -33,6 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_DIR = ROOT / "assets" / "tiny-llava-shapes"
 BUILTIN = "builtin"
+# Built-in variants (no settings needed): offered once their weights exist (see `Settings.models`).
+BUILTIN_2ENC = "builtin-2enc"  # the built-in model with a second, convolutional vision encoder (METEOR stages 1-3)
+BUILTIN_DIRS = {BUILTIN: BUILTIN_DIR, BUILTIN_2ENC: ROOT / "assets" / "tiny-llava-shapes-2enc"}
+
+
+def builtin_ready(name: str) -> bool:
+    """A built-in variant is offered when its folder holds weights (builtin-2enc is trained after the base)."""
+    return name in BUILTIN_DIRS and (BUILTIN_DIRS[name] / "model.safetensors").is_file()
 
 
 def _list(name: str) -> list[str]:
@@ -84,8 +92,8 @@ class Settings:
         )
 
     def models(self) -> list[str]:
-        """Models a user may pick: the built-in one always, then the deployment's."""
-        out = [BUILTIN]
+        """Models a user may pick: the built-in one always, its variants whose weights exist, then the deployment's."""
+        out = [BUILTIN] + [b for b in BUILTIN_DIRS if b != BUILTIN and builtin_ready(b)]
         for m in [self.model, *self.allowed_models]:
             if m not in out:
                 out.append(m)

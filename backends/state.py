@@ -72,8 +72,7 @@ class RunState:
 
     def encode_vision(self) -> None:
         """Default vision stage: run the tower to the feature layer, one `FrameTokens` per frame, all kept."""
-        self.vision_states = self.adapter.vision_forward(self.pixel_values)
-        hidden = self.vision_states[-1][:, self.adapter.num_prefix_tokens:]
+        self.vision_states, hidden = self.adapter.encode(self.pixel_values)  # every encoder's tokens, in slot order
         self.frames = [FrameTokens.full(h) for h in hidden]
 
     @property
@@ -90,6 +89,5 @@ class RunState:
 
     def kept_maps(self) -> list[list[list[float]]]:
         """Per frame, the share of each patch that reaches the LLM's last layer (after the last in-LLM stage)."""
-        rows, cols = self.grid
         maps = self.stage_maps[-1] if self.stage_maps else [f.kept_map() for f in self.frames]
-        return [m.reshape(rows, cols).tolist() for m in maps]
+        return [self.adapter.map_rows(m) for m in maps]
