@@ -13,6 +13,7 @@ pickle, and the kept-token maps are in the document, so the page redraws every c
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import sqlite3
@@ -24,6 +25,7 @@ from pathlib import Path
 from backends.settings import Settings
 from backends.types import Comparison, RequestError, from_dict
 
+log = logging.getLogger("vlm.store")
 ID = re.compile(r"^[A-Za-z0-9_-]{8,32}$")
 REDIS_PREFIX = "vlm:saved:"
 REDIS_RECENT = "vlm:saved:recent"  # sorted set: id -> created
@@ -111,5 +113,13 @@ class RedisStore:
         return out
 
 
-def open_store(settings: Settings) -> SqliteStore | RedisStore:
-    return RedisStore(settings.redis_url) if settings.redis_url else SqliteStore(settings.store_path)
+def open_store(settings: Settings) -> SqliteStore | RedisStore | None:
+    """The deployment's store; None (the page then saves nothing and says so) when its file cannot be opened,
+    so a read-only disk costs permalinks, not the app."""
+    if settings.redis_url:
+        return RedisStore(settings.redis_url)
+    try:
+        return SqliteStore(settings.store_path)
+    except (OSError, sqlite3.Error) as e:
+        log.error("saved comparisons are off: cannot open %s (%s)", settings.store_path, e)
+        return None

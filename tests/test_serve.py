@@ -9,6 +9,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -23,6 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def running_app(model_dir: str, **env_extra: str):
     """`python app.py` on a free port with VLM_MODEL=model_dir; yields its URL, stops it after."""
     port = free_port()
+    # saved comparisons of a test go to a throwaway file, never to the user's ~/.cache (a test may pass its own)
+    env_extra.setdefault("VLM_STORE", os.path.join(tempfile.mkdtemp(prefix="vlm-store-"), "saved.sqlite3"))
     env = dict(os.environ, VLM_MODEL=model_dir, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                OMP_WAIT_POLICY="PASSIVE", **env_extra)
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

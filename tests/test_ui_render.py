@@ -105,6 +105,17 @@ def test_sqlite_store_survives_a_restart(tmp_path):
     assert len(again.recent(10)) == 2 and again.load(again.recent(1)[0]["id"])["document"]["prompt"] == "second"
 
 
+def test_a_store_that_cannot_be_opened_turns_saving_off(tmp_path):
+    from backends.settings import Settings
+    from backends.store import open_store
+    from ui.saved import recent_html
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert open_store(Settings(store_path=str(blocker / "saved.sqlite3"))) is None
+    assert "Saved comparisons are off" in recent_html(None)
+
+
 def test_redis_store(redis_server):
     from backends.store import RedisStore
 

@@ -19,7 +19,8 @@ from backends.types import DEFAULT_MAX_NEW_TOKENS
 from ui.controls import MethodControls, methods_table
 from ui.fmt import esc
 from ui.gpu import on_gpu
-from ui.handler import REPEAT_BUDGET_S, TIMED_RUNS, make_compare, make_preview
+from ui.handler import REPEAT_BUDGET_S, TIMED_RUNS, make_compare
+from ui.preview import make_preview
 from ui.saved import make_finish, make_open
 from ui.style import CSS
 from ui.sweep import SweepTab, make_sweep

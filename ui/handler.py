@@ -17,14 +17,13 @@ import time
 
 import gradio as gr
 
-from backends import media
 from backends.document import document
 from backends.pool import PoolError
 from backends.settings import BUILTIN, Settings
 from backends.types import DEFAULT_MAX_NEW_TOKENS, Comparison, RequestError, RunResult
 from ui import cards, domain, exports, heatmap, summary
 from ui.fmt import esc
-from ui.request import build_comparison, number, upload_path
+from ui.request import build_comparison
 
 BUILTIN_NOTE = ("Answers come from the built-in model: a small LLaVA-architecture VLM trained here on synthetic "
                 "images of 1-4 coloured shapes; it only answers questions about such shapes.")
@@ -191,19 +190,3 @@ def make_compare(pool, settings: Settings, store=None):
 
     return compare
 
-
-def make_preview(settings: Settings):
-    def preview(video, frames):
-        """The frames a comparison would sample from the uploaded video (shown under it)."""
-        got = upload_path(video) if isinstance(video, dict) or video is None else None
-        if not got:
-            return []
-        try:
-            imgs, duration = media.sample_video(got[0], settings, number(frames or settings.frames, "frames"))
-        except RequestError as e:
-            gr.Warning(str(e))
-            return []
-        label = f"Sampled frames: {len(imgs)} of a {duration:.1f} s clip"
-        return gr.Gallery(value=[(img, str(i + 1)) for i, img in enumerate(imgs)], label=label)
-
-    return preview

@@ -24,7 +24,7 @@ RECENT = 8
 
 def recent_html(store) -> str:
     if store is None:
-        return ""
+        return '<div class="vc-note">Saved comparisons are off on this server (no store could be opened).</div>'
     try:
         items = store.recent(RECENT)
     except Exception as e:  # the list is a convenience: a broken store must not break the page
