@@ -125,7 +125,9 @@ class ShortV(Method):
     def apply(self, state: RunState) -> Iterator[None]:
         ad = state.adapter
         depth = len(ad.layers)
-        n = round(19 * depth / 32) if self.n_frozen == -1 else min(self.n_frozen, depth)
+        if self.n_frozen > depth:  # refused, not clamped: the card must not show a setting that never ran
+            raise RequestError(f"{self.name}: n_frozen {self.n_frozen} is more than this model's {depth} layers")
+        n = round(19 * depth / 32) if self.n_frozen == -1 else self.n_frozen
         path = calibration_path(str(getattr(ad.model, "name_or_path", "")))
         if n and not path.is_file():
             raise RequestError(f"ShortV has no calibration for this model ({path.name} missing): run "

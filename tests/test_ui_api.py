@@ -130,6 +130,15 @@ def test_failing_method_leaves_the_others(client):
     assert "Run failed." in cards and "no_such" in cards
 
 
+def test_out_of_range_parameters_are_refused_not_clamped(client):
+    for params, message in (({"random": {"keep": 1.5}}, r"random: keep must be in \(0, 1\]"),
+                            ({"random": {"keep": 0}}, r"random: keep must be in \(0, 1\]")):
+        with pytest.raises(Exception, match=message):  # checked before anything runs
+            compare(client, image=IMAGE, methods=["random"], params=params).result()
+    doc = compare(client, image=IMAGE, methods=["shortv"], params={"shortv": {"n_frozen": 99}}).result()[4]
+    assert not doc["runs"][1]["ok"] and "n_frozen 99 is more than this model's 8 layers" in doc["runs"][1]["error"]
+
+
 def test_video_is_sampled_and_mapped_per_frame(client):
     _, cards, _, _, doc = compare(client, video=VIDEO, frames=4).result()
     assert doc["input"]["kind"] == "video" and doc["input"]["frames"] == 4
