@@ -172,6 +172,40 @@ def test_sweep_draws_its_plots(browser, app, tmp_path):
         page.close()
 
 
+def _mp4v(path, seconds: float = 2.0) -> str:
+    """A clip in MPEG-4 part 2 (OpenCV's "mp4v"): readable by the app, not playable by browsers."""
+    import cv2
+    import numpy as np
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12, (96, 96))
+    for i in range(int(seconds * 12)):
+        frame = np.full((96, 96, 3), 235, np.uint8)
+        cv2.circle(frame, (10 + 3 * i, 48), 12, (40, 40, 220), -1)  # a red ball moving right
+        out.write(frame)
+    out.release()
+    return str(path)
+
+
+def test_uploads_are_checked_and_previewed(browser, app, tmp_path):
+    page = page_at(browser, app)
+    try:
+        page.get_by_role("tab", name="Video").click()
+        page.locator("#vc-controls input[type=file]").last.set_input_files(_mp4v(tmp_path / "clip.mp4"))
+        page.wait_for_function("() => document.body.innerText.includes('Sampled frames: 8 of a 2.0 s clip')")
+        # the browser cannot play mp4v: a re-encoded copy plays instead (its metadata loads)
+        page.wait_for_function("() => document.querySelector('#vc-playable video')?.readyState >= 1", timeout=30_000)
+        frames = page.get_by_label("Frames sampled").first
+        frames.fill("4")  # the strip follows the slider
+        frames.press("Enter")
+        page.wait_for_function("() => document.body.innerText.includes('Sampled frames: 4 of a 2.0 s clip')")
+        page.get_by_role("tab", name="Image").click()  # an image the app cannot read is refused at upload
+        page.locator("#vc-controls input[type=file]").first.set_input_files(
+            files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image at all"}])
+        page.get_by_text("not a readable image").first.wait_for()
+    finally:
+        page.close()
+
+
 def test_permalink_reopens_after_restart(browser, app, model, store):
     page = page_at(browser, app)
     try:

@@ -20,7 +20,7 @@ from ui.controls import MethodControls, methods_table
 from ui.fmt import esc
 from ui.gpu import on_gpu
 from ui.handler import REPEAT_BUDGET_S, TIMED_RUNS, make_compare
-from ui.preview import make_preview
+from ui.preview import make_image_check, make_preview
 from ui.saved import make_finish, make_open
 from ui.style import CSS
 from ui.sweep import SweepTab, make_sweep
@@ -109,6 +109,9 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                         video = video_upload(sources=["upload"], label="Video", height=120)
                         frames = gr.Slider(1, 16, value=min(settings.frames, 16), step=1, label="Frames sampled")
                         gallery = gr.Gallery(label="Sampled frames", columns=4, height=120, allow_preview=True)
+                        playable = gr.Video(label="Preview, re-encoded for the browser (the comparison reads your "
+                                            "upload)", visible=False, interactive=False, height=120,
+                                            elem_id="vc-playable")
                         examples("video", [video, prompt], tabs, source)
                 prompt.render()
                 controls.picker()
@@ -160,8 +163,12 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                         gr.Markdown(methods_table(catalog))
         image_tab.select(lambda: "image", None, source, api_visibility="private", queue=False)
         video_tab.select(lambda: "video", None, source, api_visibility="private", queue=False)
-        video.change(make_preview(settings), [video, frames], gallery, preprocess=False, api_visibility="private")
-        frames.release(make_preview(settings), [video, frames], gallery, preprocess=False, api_visibility="private")
+        preview = make_preview(settings)
+        video.change(preview, [video, frames], [gallery, playable], preprocess=False, api_visibility="private")
+        # `change` (not only `release`): typing a number moves the strip too; always_last drops stale drags
+        frames.change(preview, [video, frames], [gallery, playable], preprocess=False, api_visibility="private",
+                      trigger_mode="always_last")
+        image.upload(make_image_check(settings), image, image, preprocess=False, api_visibility="private")
         finished = [link, files, export_group, lat_plot, mem_plot, recent]
 
         def start(*values):
