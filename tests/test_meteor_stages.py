@@ -8,6 +8,7 @@ import torch
 
 from backends.types import RequestError
 from methods._meteor_encoders import mutual_keep, rank_budgets
+from tests.test_methods import hooks
 from tests.test_two_encoder import baseline2, run, two_enc, two_enc_dir  # noqa: F401  (fixtures)
 
 ALL = {"stages": "1-3", "encoder_keep": 1.0, "fusion_keep": 1.0, "lam": 1e6}
@@ -24,7 +25,11 @@ def test_keep_all_reproduces_the_two_encoder_baseline(two_enc, scene_png, baseli
 def test_stage1_budgets_follow_the_stored_ranks(two_enc, scene_png, monkeypatch):  # noqa: F811
     cfg = two_enc.model.config
     monkeypatch.setattr(cfg, "encoder_ranks", [48.0, 16.0])
+    before = hooks(two_enc.model)
     a = run(two_enc, scene_png, "meteor", {"stages": "1-3", "encoder_keep": 0.5, "fusion_keep": 0.75})
+    assert hooks(two_enc.model) == before
+    again = run(two_enc, scene_png, "meteor", {"stages": "1-3", "encoder_keep": 0.5, "fusion_keep": 0.75})
+    assert again.output_ids == a.output_ids and again.stage_maps == a.stage_maps
     assert a.info["encoder_budgets"] == {"clip": 38, "conv": 12}  # 50 x 48/64 = 37.5, 50 x 16/64 = 12.5
     assert a.info["encoder_kept"]["clip"][0] == 38 and a.info["encoder_kept"]["conv"][0] == 12
     assert a.info["stage_kept"][:2] == [50, 38] and a.info["stage_kept"][2] == a.info["adaptive_kept"]
