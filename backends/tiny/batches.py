@@ -9,7 +9,7 @@ followed by 1-3 video questions. Loss is on answers and `</s>` only.
 Besides ids and labels, a batch carries the targets of two training-only auxiliary losses (see `train_v2`):
 `ds` (a content token predicts its one-word answer) and `att` (an attention head of the content token, or of the
 `a` that opens each described object, should land on the image tokens of the cell it is about: head 0 in the first
-frame, head 1 in the last).
+frame, head 1 in the last; decoder layer 0 for one-token queries, layer 1 for the others).
 """
 
 from __future__ import annotations
@@ -74,26 +74,29 @@ class Builder:
                                else len(qi) - (3 if kind == "direction" else 2))
             if kind in ("color", "shape_at", "exists", "direction", "at_start", "at_end"):
                 self.ds.append((row, content, voc.a(q["answer"])))
-            # (query position, frame index, cell, head): head 0 reads the first (or only) frame, head 1 the last,
-            # so a direction question gets the start and the end position from two heads it can compare.
+            # (query position, frame index, cell, head, layer): head 0 reads the first (or only) frame, head 1 the
+            # last, so a direction question gets the start and the end position from two heads it can compare.
+            # Queries that a token's own embedding can pose (a position phrase, a unique shape) train decoder layer
+            # 0; those that need the tokens before them (the coloured shape of a direction question, the next object
+            # of a description) train layer 1, where the query has read them.
             targets = []
             last = len(frame_slots) - 1
             if kind in ("shape_at", "at_start", "at_end"):
                 cell = pos_ids[qi[content - start]]
-                targets.append((content, last, cell, 1) if kind == "at_end" else (content, 0, cell, 0))
+                targets.append((content, last, cell, 1, 0) if kind == "at_end" else (content, 0, cell, 0, 0))
             elif kind == "color":  # the shape word finds the unique shape's cell
-                targets.append((content, 0, q["cell"], 0))
+                targets.append((content, 0, q["cell"], 0, 0))
             elif kind == "direction":  # the shape word: where the object starts (head 0) and ends (head 1)
-                targets += [(content, 0, q["cells"][0], 0), (content, last, q["cells"][1], 1)]
+                targets += [(content, 0, q["cells"][0], 0, 1), (content, last, q["cells"][1], 1, 1)]
             ans = voc.tok(q["answer"], add_special_tokens=False)["input_ids"]
             a0 = start + len(qi) + len(voc.cue)
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
                 for j, c in zip([j for j, t in enumerate(ans) if t == voc.a("a")], q["cells"]):
-                    targets.append((a0 + j, 0, c, 0))  # 'a' predicts the colour: its query should find the object
-            for qpos, f, cell, head in targets:
+                    targets.append((a0 + j, 0, c, 0, 1))  # 'a' predicts the colour: its query should find the object
+            for qpos, f, cell, head, layer in targets:
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
-                    self.att.append((row, qpos, slots, head))
+                    self.att.append((row, qpos, slots, head, layer))
             ids += qi + voc.cue + ans + [voc.eos]
             lab += [-100] * (len(qi) + len(voc.cue)) + ans + [voc.eos]
             spans.append((a0, a0 + len(ans) + 1, kind))
@@ -110,7 +113,7 @@ class Builder:
         for i, (s, lb) in enumerate(zip(self.seqs, self.labels)):
             ids[i, :len(s)], lab[i, :len(lb)], att[i, :len(s)] = torch.tensor(s), torch.tensor(lb), 1
         tmask = torch.zeros((len(self.att), L), dtype=torch.bool)
-        for n, (_, _, slots, _) in enumerate(self.att):
+        for n, (_, _, slots, _, _) in enumerate(self.att):
             tmask[n, torch.as_tensor(slots)] = True
         return dict(input_ids=ids, labels=lab, attention_mask=att, turns=self.turns,
                     ds_rows=torch.tensor([d[0] for d in self.ds], dtype=torch.long),
@@ -118,7 +121,8 @@ class Builder:
                     ds_tgt=torch.tensor([d[2] for d in self.ds], dtype=torch.long),
                     at_rows=torch.tensor([a[0] for a in self.att], dtype=torch.long),
                     at_cols=torch.tensor([a[1] for a in self.att], dtype=torch.long), at_mask=tmask,
-                    at_heads=torch.tensor([a[3] for a in self.att], dtype=torch.long))
+                    at_heads=torch.tensor([a[3] for a in self.att], dtype=torch.long),
+                    at_layers=torch.tensor([a[4] for a in self.att], dtype=torch.long))
 
 
 def _annotate(objs, q: dict) -> dict:

@@ -9,11 +9,12 @@ The vision tower is frozen (v1 trained it with its per-patch auxiliary losses; e
 it); the projector and the decoder train. Each step: an image batch (1-5 turn conversations over the five v1 kinds
 and descriptions) and a video batch (frames pooled to a per-clip side x side grid, 2..8, or full 8x8).
 Training-only aux losses, as in v1 (heads not saved): content token -> answer at decoder layer 2 (`--w-ds`), and
-decoder layer 0's attention from the content token (and from each described object's opening `a`) onto the
-image tokens of the cell it is about (`--w-att`; head 0 in the first frame, head 1 in the last, so a direction
-question reads where its object starts and ends from two heads). A checkpoint for `--resume` is written at every
-evaluation; the best model (by its worst kind on the check set) is saved to --out. Deterministic for a seed and
-thread count.
+an attention loss from the content token (and from each described object's opening `a`) onto the image tokens of
+the cell it is about (`--w-att`; head 0 in the first frame, head 1 in the last, so a direction question reads where
+its object starts and ends from two heads; decoder layer 0 where the token alone poses the query, layer 1 where it
+needs the tokens before it: the colour of "the blue square", the previous object of a description). A checkpoint
+for `--resume` is written at every evaluation; the best model (by its worst kind on the check set) is saved to
+--out. Deterministic for a seed and thread count.
 """
 
 from __future__ import annotations
@@ -71,18 +72,32 @@ def visual_features(model, pixel_values, sides, frames):
 
 
 def forward(model, b, ds_layer: int | None):
+    """Returns the hidden states entering each decoder layer (inputs_embeds first), the logits, and the state after
+    `ds_layer`."""
     feats = visual_features(model, b["pixel_values"], b["sides"], b["frames"])
     emb = model.model.language_model.get_input_embeddings()(b["input_ids"])
     mask = (b["input_ids"] == model.config.image_token_id).unsqueeze(-1)
     emb = emb.masked_scatter(mask, feats.to(emb.dtype))
     out = model.model.language_model(inputs_embeds=emb, attention_mask=b["attention_mask"],
-                                      output_hidden_states=ds_layer is not None)
+                                      output_hidden_states=True)
     mid = out.hidden_states[ds_layer] if ds_layer is not None else None
-    return emb, model.lm_head(out.last_hidden_state), mid
+    return out.hidden_states, model.lm_head(out.last_hidden_state), mid
 
 
-def attention_loss(model, emb, b, layer: int = 0):
-    """-log(attention mass of decoder `layer`'s head `at_heads[n]`, at each query position, on its target tokens)."""
+def attention_loss(model, hidden, b):
+    """-log(attention mass of decoder layer `at_layers[n]`'s head `at_heads[n]`, at each query, on its targets),
+    averaged over every query. hidden: the states entering each layer (forward's first output)."""
+    total, count = 0.0, 0
+    for layer in b["at_layers"].unique().tolist():
+        sel = b["at_layers"] == layer
+        part = {k: b[k][sel] for k in ("at_rows", "at_cols", "at_mask", "at_heads")}
+        total = total + attention_loss_at(model, hidden[layer], part, layer) * int(sel.sum())
+        count += int(sel.sum())
+    return total / count
+
+
+def attention_loss_at(model, emb, b, layer: int):
+    """The loss of one decoder layer: emb [B, L, D] is the hidden state entering it."""
     from transformers.models.llama.modeling_llama import rotate_half
 
     rows, cols, tmask, heads = b["at_rows"], b["at_cols"], b["at_mask"], b["at_heads"]
@@ -105,7 +120,7 @@ def attention_loss(model, emb, b, layer: int = 0):
 
 def losses(model, ds_head, b, args) -> tuple[torch.Tensor, dict]:
     """LM loss on answers + the content-token (ds) and attention aux losses of one batch."""
-    emb, logits, mid = forward(model, b, 2 if args.w_ds > 0 else None)
+    hidden, logits, mid = forward(model, b, 2 if args.w_ds > 0 else None)
     loss = lm_loss(logits, b["labels"])
     parts = {"lm": loss.item()}
     if args.w_ds > 0 and len(b["ds_rows"]):
@@ -113,7 +128,7 @@ def losses(model, ds_head, b, args) -> tuple[torch.Tensor, dict]:
         loss = loss + args.w_ds * l_ds
         parts["ds"] = l_ds.item()
     if args.w_att > 0 and len(b["at_rows"]):
-        l_att = attention_loss(model, emb, b)
+        l_att = attention_loss(model, hidden, b)
         loss = loss + args.w_att * l_att
         parts["att"] = l_att.item()
     return loss, parts
@@ -163,7 +178,7 @@ def parse_args(argv):
     p.add_argument("--ckpt", default=None, help="resume checkpoint file (default: <out>.ckpt.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt")
     p.add_argument("--seed", type=int, default=0, help="new rows/heads seed+2; data seed+2000; check set seed+2999")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--images", type=int, default=12, help="image conversations per step")
     p.add_argument("--clips", type=int, default=4, help="video clips per step")
