@@ -233,7 +233,8 @@ def load(args, url: str, rig: Rig) -> dict:
                 chaos["restarts"] += 1
                 restarted = True
             due = time.monotonic() - t0 >= args.kill_every * (chaos["kills"] + 1)
-            if args.kill_every > 0 and (due or (chaos["kills"] == 0 and done_share >= 0.25)):  # at least one
+            more = args.max_kills is None or chaos["kills"] < args.max_kills
+            if args.kill_every > 0 and more and (due or (chaos["kills"] == 0 and done_share >= 0.25)):  # >= 1
                 chaos["kills"] += rig.kill_one_worker()
 
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(args.clients)]
@@ -277,13 +278,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--comparisons", type=int, default=60, help="in all, shared by the clients")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--kill-every", type=float, default=20.0, help="seconds between worker SIGKILLs (0: none)")
+    p.add_argument("--max-kills", type=int, default=None, help="stop killing after this many (default: no limit)")
     p.add_argument("--redis-down", type=float, default=3.0, help="seconds Redis is down half-way (0: no restart)")
     p.add_argument("--hang-s", type=float, default=180.0, help="a comparison not answered within this hangs")
     p.add_argument("--time-limit", type=float, default=1800.0, help="the whole run is killed after this")
     p.add_argument("--model", default=str(ROOT / "assets" / "tiny-llava-shapes"))
     p.add_argument("--inprocess", action="store_true", help="the in-process pool: no Redis, no kills")
     p.add_argument("--no-hostile", action="store_true")
-    p.add_argument("--quick", action="store_true", help="2 clients x 6 comparisons, one kill, one restart")
+    p.add_argument("--quick", action="store_true", help="2 clients x 6 comparisons, one kill (a quarter in), one "
+                   "Redis restart (half-way): one of each fault, whatever the machine's speed")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     return p
 
@@ -291,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.quick:
-        args.clients, args.comparisons, args.kill_every, args.time_limit = 2, 6, 8.0, 600.0
+        args.clients, args.comparisons, args.kill_every, args.max_kills, args.time_limit = 2, 6, 8.0, 1, 600.0
     timer = threading.Timer(args.time_limit, lambda: os.kill(os.getpid(), signal.SIGTERM))
     timer.daemon = True
     timer.start()

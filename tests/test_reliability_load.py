@@ -26,6 +26,6 @@ def test_quick_load_and_faults():
     assert (f["finished"], f["lost"], f["hung"], f["wrong"]) == (6, 0, 0, 0), f["errors"]
     assert h["answered"] == h["total"] == 55, h["unclear"]
     assert h["bombs_s"] < 2.0 and h["app_growth_mb"] < 200
-    assert f["kills"] >= 1 and f["restarts"] == 1
+    assert f["kills"] == 1 and f["restarts"] == 1
     assert (after["stranded"], after["alive"], after["registered"]) == (0, 2, 2)
     assert after["report"][1].startswith("workers: 2 live (") and f["still_serving"] is True

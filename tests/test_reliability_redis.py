@@ -3,8 +3,8 @@ restart loses every job) and real `python app.py worker` processes.
 
 - a Redis restart while runs are queued and running fails no run, and both busy workers survive it and register
   again; idle workers do the same after an idle restart;
-- a job taken by a worker that dies before starting it is requeued by the client's sweep within the 10 s
-  stranded bound, keeping its retry; "no worker took the job" counts live workers only;
+- a job taken by a worker that dies before starting it is requeued by the client's sweep within 10 s of being
+  first seen taken, keeping its retry; "no worker took the job" counts live workers only;
 - the operator's `python app.py worker --cleanup` removes the dead worker's record, so rq shows the truth.
 """
 
@@ -131,12 +131,16 @@ def test_job_of_a_worker_dead_before_starting_it_is_requeued(rig, random_model_d
         # its record lingers (rq keeps it 90 s), but it is not a live worker
         assert Worker.count(queue=stall.queue) == 1 and rq_upkeep.live_workers(stall.queue) == []
         assert "(no live worker is listening on queue 'stall'" in pool._no_worker_message()
-        stall.start(1)  # a healthy worker; the stranded job goes back to the queue within 10 s of being seen
-        t.join(60)
+        # the client's sweeps put the stranded job back in the queue 10 s after first seeing it taken
+        while iq.get_job_ids():
+            assert time.monotonic() - t_kill < 15, "the stranded job was not requeued"
+            time.sleep(0.1)
+        assert stall.queue.count == 1
+        stall.start(1)  # a healthy worker (its start-up time on a busy machine is not part of the bound)
+        t.join(120)
         assert not t.is_alive() and len(results) == 1 and results[0].ok, [r.error for r in results]
-        assert results[0].worker != "" and time.monotonic() - t_kill < 40
+        assert results[0].worker in stall.names()
         assert stream.summary["retried"] == 0  # requeued untouched: it never started, so it kept its retry
-        assert iq.get_job_ids() == []
         out = subprocess.run([sys.executable, "app.py", "worker", "--cleanup", "--redis", server.url, "--queue",
                               "stall"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
