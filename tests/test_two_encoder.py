@@ -115,17 +115,31 @@ def test_map_rows_averages_the_encoders_on_a_common_grid(two_enc):
     assert rows[0][:4] == [0.0, 0.0, 0.0, 0.5] and rows[3][0] == 0.5 and rows[23][23] == 0.5
 
 
-def test_picker_offers_builtin_2enc_only_with_weights(monkeypatch, tmp_path, two_enc_dir):
+def test_picker_offers_builtin_2enc_only_with_weights(monkeypatch, tmp_path, two_enc_dir, scene_png):
     from backends import settings as st
     from backends.models import ModelLoadError, load_model
+    from ui.request import build_comparison, upload_folder
+
+    catalog = {m["name"]: m for m in registry.catalog()}
+    folder = upload_folder() / "test-two-encoder"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(scene_png, folder / "scene.png")
+    image = {"path": str(folder / "scene.png"), "orig_name": "scene.png"}
+
+    def ask():  # the page's and the API's request builder (the picker lists Settings.models())
+        return build_comparison(Settings(), catalog, image=image, prompt="how many shapes are there?",
+                                methods=["meteor"], model=st.BUILTIN_2ENC)
 
     monkeypatch.setitem(st.BUILTIN_DIRS, st.BUILTIN_2ENC, tmp_path / "absent")
     assert st.BUILTIN_2ENC not in Settings().models()
+    with pytest.raises(RequestError, match="model 'builtin-2enc' is not offered here; choose one of: builtin"):
+        ask()
     with pytest.raises(ModelLoadError, match="two-encoder built-in model is not trained yet.*train_2enc"):
-        load_model(st.BUILTIN_2ENC, S)
+        load_model(st.BUILTIN_2ENC, S)  # the CLI's --model builtin-2enc
     shutil.copytree(two_enc_dir, tmp_path / "present")
     monkeypatch.setitem(st.BUILTIN_DIRS, st.BUILTIN_2ENC, tmp_path / "present")
     assert Settings().models()[:2] == ["builtin", "builtin-2enc"]
+    assert ask().model == st.BUILTIN_2ENC
     assert load_model(st.BUILTIN_2ENC, S).adapter.tokens_per_image == N
 
 
