@@ -170,7 +170,9 @@ def from_base(base: LlavaForConditionalGeneration, seed: int = 0) -> TwoEncoderF
     torch.manual_seed(seed)
     model = TwoEncoderForConditionalGeneration(config_from(base.config)).to(base.dtype)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith(("model.conv_tower", "model.conv_projector")) for k in missing)
+    if unexpected or not all(k.startswith(("model.conv_tower", "model.conv_projector")) for k in missing):
+        raise ValueError(f"{type(base).__name__} is not a one-encoder built-in model: unexpected {unexpected[:3]}, "
+                         f"missing {[k for k in missing if 'conv_' not in k][:3]}")
     model.generation_config = base.generation_config
     return model.eval()
 
