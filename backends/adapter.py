@@ -56,7 +56,7 @@ class LlavaAdapter:
         self.feature_layer = cfg.vision_feature_layer
         self.select_strategy = cfg.vision_feature_select_strategy
         side = self.vision_config.image_size // self.vision_config.patch_size
-        # patch rows, cols of one image (LLaVA-1.5: 24x24; built-in: 8x8)
+        # one encoder, named by its config type, with its patch grid (LLaVA-1.5: 24x24; built-in: 8x8)
         self.encoders = [EncoderSpan(str(getattr(self.vision_config, "model_type", "vision")).split("_")[0],
                                      (side, side), 0)]
         # CLIP puts a CLS token first; the "default" strategy drops it before the projector.
