@@ -125,7 +125,7 @@ class RedisPool:
         except redis.RedisError:
             pass
         summary = Stream.new_summary("redis", len(reqs))
-        summary["resubmitted"] = 0
+        summary["resubmitted"] = 0  # runs submitted again after their job vanished (Redis restarted meanwhile)
         return Stream(self._collect(runs, summary), summary, lambda: self._cancel(runs))
 
     def _submit(self, runs: dict[int, _Run]) -> None:
