@@ -26,6 +26,7 @@ STAGES = {
     "before_llm": "Before the LLM",
     "in_llm": "Inside the LLM",
     "kv_cache": "KV cache and decode",
+    "architecture": "A trained variant of the model",
 }
 
 

@@ -49,7 +49,7 @@ def names() -> list[str]:
     return sorted(_REGISTRY, key=lambda n: (n != "baseline", list(_STAGE_ORDER).index(_REGISTRY[n].stage), n))
 
 
-_STAGE_ORDER = ("baseline", "before_llm", "in_llm", "kv_cache")
+_STAGE_ORDER = ("baseline", "before_llm", "in_llm", "kv_cache", "architecture")
 
 
 def get(name: str) -> type:
@@ -123,7 +123,7 @@ def catalog() -> list[dict]:
 def docs_table() -> str:
     """The README's method table, generated from the registry (a test keeps the README in sync)."""
     stage = {"baseline": "-", "before_llm": "before the LLM", "in_llm": "inside the LLM",
-             "kv_cache": "KV cache / decode"}
+             "kv_cache": "KV cache / decode", "architecture": "architecture"}
     rows = ["| method | paper | stage | needs | defaults | kept tokens' positions | fidelity |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for e in catalog():

@@ -56,7 +56,21 @@ def random_model_dir(tmp_path_factory) -> str:
     model.save_pretrained(d)
     build_processor(tok).save_pretrained(d)
     _calibrate_shortv(str(d))
+    _extras(model, d)
     return str(d)
+
+
+def _extras(model, model_dir) -> None:
+    """TwigVLM and MaTVLM need trained parts beside the model: untrained ones (the papers' initialisation: a twig
+    copied from base layers 1-2, Mamba-2 mixers from layers 0 and 4's attention) are enough for structural tests."""
+    from backends.tiny.hybrid import HYBRID_FILE, MambaBlock, mamba_layers, save_hybrid
+    from backends.tiny.twig import TWIG_FILE, Twig
+
+    torch.manual_seed(0)
+    Twig.from_base(model, 1, 2).save(model_dir / TWIG_FILE, base="random test model")
+    layers, cfg = model.model.language_model.layers, model.config.text_config
+    save_hybrid({i: MambaBlock.from_layer(layers[i], cfg) for i in mamba_layers(len(layers))},
+                model_dir / HYBRID_FILE, base="random test model")
 
 
 def _calibrate_shortv(model_dir: str) -> None:

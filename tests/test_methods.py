@@ -56,6 +56,12 @@ def check_rule(name: str, res) -> None:
         assert vt.per_layer[-1] == res.info["adaptive_kept"] and 1 <= res.info["adaptive_kept"] <= N
     elif name == "shortv":
         assert vt.per_layer.count(0) == round(19 * 8 / 32) and len(res.info["frozen_layers"]) == 5
+    elif name == "twigvlm":  # the paper's R from the average budget; FinalWipe at 24 of 32 layers' depth
+        k, wipe = res.info["twig"]["K"], res.info["wipe_layer"]
+        r = math.ceil((8 * R * N - k * N) / (wipe - k))
+        assert (k, wipe, vt.kept) == (1, 6, N) and vt.per_layer == [N] * k + [r] * (wipe - k) + [0] * (8 - wipe)
+    elif name == "matvlm":  # no token removed: a quarter of the layers are Mamba-2
+        assert vt.per_layer == [N] * 8 and res.info["mamba_layers"] == [0, 4]
     elif name == "aircache":  # every token is prefilled; each layer's KV keeps its budget, budgets average R x N
         assert vt.kept == N and sum(vt.per_layer) == round(R * N * 8) and vt.per_layer == res.info["layer_budgets"]
     else:
@@ -93,7 +99,7 @@ def test_budget_rule_hooks_removed_and_deterministic(name, random_model, scene_p
     assert b.output_ids == a.output_ids and b.kept_map == a.kept_map
     # the model is untouched afterwards: the baseline still gives the same tokens
     assert run(random_model, scene_png, "baseline").output_ids == baseline.output_ids
-    if name not in ("baseline", "shortv"):  # ShortV removes no token: its map is the frozen layers
+    if name not in ("baseline", "shortv", "matvlm"):  # these remove no token (ShortV's map: the frozen layers)
         shares = [v for row in a.kept_map[0] for v in row]
         assert min(shares) < 1.0, "the kept map must show the selection"
         assert all(0.0 <= v <= 1.0 for v in shares)
@@ -102,7 +108,7 @@ def test_budget_rule_hooks_removed_and_deterministic(name, random_model, scene_p
 @pytest.mark.parametrize("name", registry.names())
 def test_catalog_lists_paper_defaults(name):
     entry = next(e for e in registry.catalog() if e["name"] == name)
-    assert entry["stage"] in ("baseline", "before_llm", "in_llm", "kv_cache") and entry["paper"]
+    assert entry["stage"] in ("baseline", "before_llm", "in_llm", "kv_cache", "architecture") and entry["paper"]
     for p in entry["params"]:
         assert registry.build(MethodSpec(name, {p["name"]: p["default"]})).params()[p["name"]] == p["default"]
 
