@@ -130,6 +130,23 @@ def test_failing_method_leaves_the_others(client):
     assert "Run failed." in cards and "no_such" in cards
 
 
+def test_sweep_on_labelled_data(client):
+    job = client.submit(data="heldout.jsonl", methods=["random"], keeps="1.0, 0.25", lines=3, max_new_tokens=3,
+                        api_name="/sweep_labelled")
+    updates = list(job)
+    status, by_keep, by_latency, table = job.result()
+    assert len(updates) == 3 and "3 of 3 lines" in status  # one update per line
+    rows = {(r[0], r[1]): dict(zip(table["headers"], r)) for r in table["data"]}
+    assert set(rows) == {("baseline", 1.0), ("random", 1.0), ("random", 0.25)}
+    assert all(r["lines"] == 3 and 0 <= r["accuracy"] <= 1 and r["mean_latency_ms"] > 0 for r in rows.values())
+    assert rows["random", 1.0]["accuracy"] == rows["baseline", 1.0]["accuracy"]  # keep-all: the baseline's answers
+    for plot, x in ((by_keep, "keep"), (by_latency, "mean_latency_ms")):
+        data = plot.get("value", plot)
+        assert data["mark"] == "line" and {x, "accuracy"} <= set(data["columns"])
+    with pytest.raises(Exception, match="unknown data file '../secret.jsonl'"):
+        client.submit(data="../secret.jsonl", methods=["random"], api_name="/sweep_labelled").result()
+
+
 def test_out_of_range_parameters_are_refused_not_clamped(client):
     for params, message in (({"random": {"keep": 1.5}}, r"random: keep must be in \(0, 1\]"),
                             ({"random": {"keep": 0}}, r"random: keep must be in \(0, 1\]")):

@@ -20,6 +20,7 @@ from ui.controls import MethodControls, methods_table
 from ui.fmt import esc
 from ui.gpu import on_gpu
 from ui.handler import REPEAT_BUDGET_S, TIMED_RUNS, make_compare
+from ui.pareto import ParetoBox, make_pareto
 from ui.preview import make_image_check, make_preview
 from ui.saved import make_finish, make_open
 from ui.style import CSS
@@ -157,6 +158,7 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                             doc = gr.JSON(label="document")
                     with gr.Tab("Budget sweep"):
                         sweep_ui = SweepTab([m["name"] for m in catalog])
+                        pareto_ui = ParetoBox([m["name"] for m in catalog])
                     with gr.Tab("Saved"):
                         recent = gr.HTML()
                     with gr.Tab("Methods"):
@@ -191,6 +193,8 @@ def build_demo(pool, settings: Settings, store=None) -> gr.Blocks:
                 make_finish(store), doc, finished, api_visibility="private", queue=False)
         sweep_ui.wire(sweep, controls, methods, [image, video, prompt, methods], [max_new, model, frames, warmup],
                       source, workers)
+        pareto_ui.wire(on_gpu(make_pareto(pool, settings), settings.job_timeout), controls, methods, sweep_ui.keeps,
+                       [max_new, model, frames], workers)
         demo.load(make_open(store, by_name), None, [banner, cards, summary, doc, controls_col, main_col, *finished],
                   api_visibility="private", queue=False)
     return demo
