@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,15 +21,9 @@ from backends import media, runner
 from backends.cli import method_specs, parse_sets
 from backends.evaluate_turns import evaluate_turns, parse_turns
 from backends.evaluate_turns import table as turns_table
+from backends.labels import normalize
 from backends.settings import BUILTIN, Settings
 from backends.types import GenerationSettings, MethodSpec, RequestError, RunRequest
-
-_PUNCT = re.compile(r"[^\w\s]")
-
-
-def normalize(text: str) -> str:
-    """Lower-case, punctuation dropped, whitespace collapsed: 'Two.' == 'two'."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 def answer_f1(pred: str, answer: str) -> float:
