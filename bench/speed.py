@@ -6,7 +6,8 @@
 Each configuration runs through the app's own runner (1 warm-up run, then the median of --repeats timed runs,
 one run at a time on this machine). Methods without a budget (PruMerge, METEOR, ShortV) run once at their
 paper setting. The FLOP-ideal speedup counts dense matmuls and attention of the vision tower, the LLM prefill
-(with each layer's visual-token count) and the decode steps, so it shows what the method could save at best.
+(with each layer's visual-token count) and the decode steps (the runner computes it: `flop_ideal_speedup`,
+backends/measure.py), so it shows what the method could save at best.
 Prints a markdown table and writes it to bench/results/ with the machine it ran on. Not a test.
 """
 
@@ -30,33 +31,6 @@ from backends.models import load_model  # noqa: E402
 from backends.settings import BUILTIN, Settings  # noqa: E402
 from backends.types import GenerationSettings, MethodSpec, RunRequest  # noqa: E402
 from methods import registry  # noqa: E402
-
-
-def llm_flops(lm, res) -> float:
-    """Dense + attention FLOPs of prefill and decode for this run (per-layer visual counts from the result)."""
-    tc, ad = lm.adapter.text_config, lm.adapter
-    d, n_layers = tc.hidden_size, len(ad.layers)
-    kv = tc.num_key_value_heads * ad.head_dim
-    per_tok = 2 * (2 * d * d + 2 * d * kv + 3 * d * tc.intermediate_size)  # q, o, k, v, gate/up/down
-    vt = res.visual_tokens
-    text = res.info["seq_len"] - vt.kept
-    total = 0.0
-    for v in vt.per_layer:
-        t = text + v
-        total += per_tok * t + 4 * t * t * d / 2  # causal attention ~ half of T^2
-    frozen = len(res.info.get("frozen_layers", []))  # ShortV still computes keys/values of visual tokens
-    total += frozen * 2 * 2 * d * kv * vt.kept
-    ctx = res.info["seq_len"] if not vt.per_layer else text + sum(vt.per_layer) / n_layers
-    steps = max(0, res.output_tokens - 1)
-    total += steps * n_layers * (per_tok + 4 * ctx * d) + (steps + 1) * 2 * d * tc.vocab_size
-    return total
-
-
-def vision_flops(lm, frames: int) -> float:
-    vc = lm.adapter.vision_config
-    t = (vc.image_size // vc.patch_size) ** 2 + lm.adapter.num_prefix_tokens
-    per_layer = 2 * t * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 4 * t * t * vc.hidden_size
-    return frames * lm.adapter.feature_depth * per_layer
 
 
 def configs(keeps: list[float]) -> list[tuple[str, dict, str]]:
@@ -98,7 +72,7 @@ def main() -> None:
     med = media.image_media(args.image, settings)
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens, warmup=1, repeats=args.repeats)
     chosen = [m for m in args.methods.split(",") if m]
-    rows, base, base_flops = [], None, None
+    rows, base = [], None
     # one untimed pass first: the first runs of a fresh process pay allocator and cache warm-up for everyone
     runner.run(RunRequest(med, "how many shapes are there?", MethodSpec("baseline"), gen), lm, settings)
     for name, params, keep in configs([float(k) for k in args.keeps.split(",")]):
@@ -110,12 +84,11 @@ def main() -> None:
             rows.append(f"| {name} | {keep} | - | - | - | - | - | - | - | - | {str(e)[:60]} |")
             continue
         t = res.timings_ms
-        flops = vision_flops(lm, 1) + llm_flops(lm, res)
-        base, base_flops = (base, base_flops) if base else (t, flops)
+        base = base or t
         rows.append(f"| {name} | {keep} | {res.visual_tokens.kept} / {res.visual_tokens.effective:.0f} | "
                     f"{t.vision:.0f} | {t.prefill:.0f} | {t.decode:.0f} | {t.total:.0f} | "
                     f"{res.memory.peak_bytes / 2**20:.0f} | {base.total / t.total:.2f}x | "
-                    f"{base_flops / flops:.2f}x | |")
+                    f"{res.flop_ideal_speedup:.2f}x | |")
         print(rows[-1], flush=True)
     head = (f"# Speed: {args.shape} ({args.dtype}), {args.max_new_tokens} new tokens, median of {args.repeats} "
             f"after 1 warm-up\n\nMachine: {machine()}\n\nAttention kernel: {lm.adapter.attn_implementation}. "
