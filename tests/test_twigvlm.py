@@ -22,6 +22,7 @@ from methods.twigvlm import retained
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ROOT / "assets" / "heldout" / "heldout.jsonl"
+DESCRIBE = HELDOUT.parent / "describe.jsonl"
 S = Settings()
 
 
@@ -32,10 +33,11 @@ def run(lm, image, name, params=None, prompt="how many shapes are there?", token
 
 
 def heldout(n: int) -> list[dict]:
-    """Held-out descriptions when the set has them (v2), else the first n items."""
-    items = [json.loads(line) for line in HELDOUT.read_text().splitlines()]
-    desc = [it for it in items if it.get("kind") == "describe"]
-    return (desc or items)[:n]
+    """The first n held-out descriptions of two or more objects (v2's describe set), else of the v1 set."""
+    if DESCRIBE.is_file():
+        items = [json.loads(line) for line in DESCRIBE.read_text().splitlines()]
+        return [it for it in items if " and " in it["answer"]][:n]
+    return [json.loads(line) for line in HELDOUT.read_text().splitlines()][:n]
 
 
 @pytest.fixture(scope="module")
