@@ -50,6 +50,15 @@ def sample_image_turns(objs, rng, n: int) -> list[dict]:
     return out
 
 
+def content_index(qi: list[int], kind: str, pos_ids: dict[int, int]) -> int:
+    """Index in the question's ids of its content token: the position phrase (shape_at, at_start, at_end) or the shape
+    word (before "?", or before "move ?"). The ds aux reads the token the attention aux writes to (reading "move"
+    instead left direction at its prior)."""
+    if kind in ("shape_at", "at_start", "at_end"):
+        return next(j for j, t in enumerate(qi) if t in pos_ids)
+    return len(qi) - (3 if kind == "direction" else 2)
+
+
 class Builder:
     """Accumulates sequences and their aux targets, then pads them into one batch."""
 
@@ -67,11 +76,7 @@ class Builder:
             qi = voc.q(q["question"])
             start = len(ids)
             kind = q["kind"]
-            # The content token: the position phrase (shape_at, at_start, at_end) or the shape word. The ds aux reads
-            # the same token the attention aux writes to (reading "move" instead left direction at its prior).
-            content = start + (next(j for j, t in enumerate(qi) if t in pos_ids) if kind in ("shape_at", "at_start",
-                                                                                            "at_end")
-                               else len(qi) - (3 if kind == "direction" else 2))
+            content = start + content_index(qi, kind, pos_ids)
             if kind in ("color", "shape_at", "exists", "direction", "at_start", "at_end"):
                 self.ds.append((row, content, voc.a(q["answer"])))
             # (query position, frame index, cell, head, layer): head 0 reads the first (or only) frame, head 1 the
