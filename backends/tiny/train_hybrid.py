@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .distill import Log, batch, check_set, embed, load_base, one_thread, record
-from .hybrid import HYBRID_FILE, MambaBlock, mamba_layers, save_hybrid, swapped_in
+from .hybrid import HYBRID_FILE, MambaBlock, load_hybrid, mamba_layers, save_hybrid, swapped_in
 from .train import Vocab
 
 
@@ -71,6 +71,7 @@ def parse_args(argv):
     ap.add_argument("--model", required=True, help="the base model folder (teacher; its weights stay frozen)")
     ap.add_argument("--out", default="", help=f"hybrid file (default MODEL/{HYBRID_FILE})")
     ap.add_argument("--ckpt", default="runs/hybrid-ckpt.pt", help="checkpoint for --resume")
+    ap.add_argument("--init", default="", help="start from this hybrid file (e.g. one distilled from an earlier base)")
     ap.add_argument("--share", type=float, default=0.25, help="share of attention layers made Mamba-2")
     ap.add_argument("--offset", type=int, default=3, help="first layer swapped (the paper's spacing starts at 0)")
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget (the run stops after it)")
@@ -95,8 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
     voc = Vocab(proc.tokenizer)
     cfg, layers = model.config.text_config, model.model.language_model.layers
     out = Path(args.out or Path(args.model) / HYBRID_FILE)
-    mixers = {i: MambaBlock.from_layer(layers[i], cfg, args.conv_init == "identity").train()
-              for i in mamba_layers(len(layers), args.share, args.offset)}
+    if args.init:  # e.g. a hybrid distilled from an earlier checkpoint of the same base
+        mixers = {i: b.train() for i, b in load_hybrid(model, Path(args.init)).items()}
+    else:
+        mixers = {i: MambaBlock.from_layer(layers[i], cfg, args.conv_init == "identity").train()
+                  for i in mamba_layers(len(layers), args.share, args.offset)}
     params = [p for m in mixers.values() for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -112,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"resumed at step {step}")
     check = check_set(model, voc, args.seed)
     ev = evaluate(model, mixers, check)
-    log(f"hybrid: Mamba-2 in layers {sorted(mixers)} of {len(layers)}; initialised from attention: student "
-        f"{100 * ev['student']:.1f}% vs teacher {100 * ev['teacher']:.1f}% (kl {ev['kl']:.3f}, l2 {ev['l2']:.3f})")
+    log(f"hybrid: Mamba-2 in layers {sorted(mixers)} of {len(layers)}, from {args.init or 'attention weights'}: "
+        f"student {100 * ev['student']:.1f}% vs teacher {100 * ev['teacher']:.1f}% (kl {ev['kl']:.3f}, "
+        f"l2 {ev['l2']:.3f})")
     while step < args.steps and log.minutes < args.minutes:
         frac = min(1.0, log.minutes / args.minutes)
         for g in opt.param_groups:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .distill import Log, batch, check_set, embed, load_base, one_thread, record
 from .train import Vocab
-from .twig import TWIG_FILE, Twig
+from .twig import TWIG_FILE, Twig, load_twig
 
 
 def twig_logits(model, twig: Twig, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +63,7 @@ def parse_args(argv):
     ap.add_argument("--model", required=True, help="the base model folder (its weights stay frozen)")
     ap.add_argument("--out", default="", help=f"twig file (default MODEL/{TWIG_FILE})")
     ap.add_argument("--ckpt", default="runs/twig-ckpt.pt", help="checkpoint for --resume")
+    ap.add_argument("--init", default="", help="start from this twig file (e.g. one trained on an earlier base)")
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--t", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget (the run stops after it)")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, proc = load_base(args.model)
     voc = Vocab(proc.tokenizer)
     out = Path(args.out or Path(args.model) / TWIG_FILE)
-    twig = Twig.from_base(model, args.k, args.t).train()
+    twig = (load_twig(model, Path(args.init)) if args.init else Twig.from_base(model, args.k, args.t)).train()
     for p in twig.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(twig.parameters(), lr=args.lr, weight_decay=0.0)
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         rng.bit_generator.state, step, best, curve = state["rng"], state["step"], state["best"], state["curve"]
         log(f"resumed at step {step} (best agreement {best:.1f}%)")
     check = check_set(model, voc, args.seed)
-    log(f"twig K={args.k} T={args.t} on {args.model}: start agreement {agreement(model, twig, check):.1f}%")
+    log(f"twig K={twig.k} T={twig.t} on {args.model} (from {args.init or 'base layers'}): start agreement "
+        f"{agreement(model, twig, check):.1f}%")
     total = min(args.steps, 10**9)
     while step < args.steps and log.minutes < args.minutes:
         # cosine decay over the time budget (steps are not known in advance on a shared core)
