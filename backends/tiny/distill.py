@@ -85,8 +85,13 @@ class Log:
 
 
 def record(path: Path, command: str, args, extra: dict) -> None:
-    """A JSON record of how a file was made (command, versions, results), next to it."""
+    """A JSON record of how a file was made (command, versions, results), next to it; a run started from an earlier
+    file (--init) carries that file's own record, so the whole chain of trainings is written down."""
     import transformers
+
+    init = Path(getattr(args, "init", "") or "")
+    if init.name and init.with_suffix(".json").is_file():
+        extra = {**extra, "init_record": json.loads(init.with_suffix(".json").read_text())}
 
     path.write_text(json.dumps({
         "command": " ".join([command] + sys.argv[1:]),
