@@ -26,6 +26,8 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 LIVE_S = 30  # idle workers heartbeat every 15 s, busy ones every abandon_after / 4: older means dead
 STRANDED_S = 10  # a job taken from the queue is registered as started within milliseconds by a live worker
 SWEEP_LOCK_S = 30
+RQ_LOCK_S = 899  # rq's own maintenance lock (Queue.acquire_maintenance_lock), deleted by its holder when done
+STALE_LOCK_S = 60  # a maintenance holder alive finishes within seconds: older, it was killed while holding it
 
 
 def live_workers(queue: Queue) -> list[Worker]:
@@ -93,13 +95,27 @@ def sweep(queue: Queue) -> list[str]:
     """Requeue (Retry) or fail abandoned jobs and requeue stranded ones, once across all sweepers at a time.
     Returns the stranded jobs requeued."""
     conn = queue.connection
-    if not conn.set(queue.registry_cleaning_key, 1, nx=True, ex=SWEEP_LOCK_S):
+    if not _lock(queue):
         return []
     try:
         StartedJobRegistry(queue=queue).cleanup()
         return requeue_stranded(queue)
     finally:
         conn.delete(queue.registry_cleaning_key)
+
+
+def _lock(queue: Queue) -> bool:
+    """rq's maintenance lock for a sweep of `SWEEP_LOCK_S` s at most. A worker SIGKILLed during rq's maintenance
+    leaves that lock for 15 minutes, stopping every sweep meanwhile (abandoned and stranded jobs then wait and
+    runs fail as "no worker took the job"; seen with a kill every 20 s): one older than a minute is broken."""
+    conn, key = queue.connection, queue.registry_cleaning_key
+    if conn.set(key, 1, nx=True, ex=SWEEP_LOCK_S):
+        return True
+    ttl = conn.ttl(key)
+    if ttl > SWEEP_LOCK_S and RQ_LOCK_S - ttl > STALE_LOCK_S:
+        conn.delete(key)  # another sweeper may break it at the same moment: SET NX decides between them
+        return bool(conn.set(key, 1, nx=True, ex=SWEEP_LOCK_S))
+    return False
 
 
 def report(queue: Queue, clean: bool = True) -> list[str]:

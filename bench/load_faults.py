@@ -265,10 +265,14 @@ def aftermath(rig: Rig, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while len(rq_upkeep.live_workers(q)) < len(rig.alive_workers()) and time.monotonic() < deadline:
         time.sleep(0.5)
+    # runs of clients that gave up (hung) may still be queued or running: let the queue drain, then what is left
+    # taken-but-never-started (rq's intermediate list) is stranded
+    while (q.count or q.started_job_registry.count) and time.monotonic() < deadline + timeout:
+        time.sleep(0.5)
     out = subprocess.run([sys.executable, "app.py", "worker", "--cleanup", "--redis", rig.url], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, env=rig.env)
     return {"alive": len(rig.alive_workers()), "registered": len(rq_upkeep.live_workers(q)),
-            "stranded": len(q.intermediate_queue.get_job_ids()) + q.started_job_registry.count,
+            "stranded": len(q.intermediate_queue.get_job_ids()),
             "report": out.stdout.strip().splitlines()}
 
 

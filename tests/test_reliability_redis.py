@@ -151,3 +151,25 @@ def test_job_of_a_worker_dead_before_starting_it_is_requeued(rig, random_model_d
         assert Worker.count(queue=stall.queue) == 1  # what `rq info` counts is now the truth
     finally:
         stall.stop()
+
+
+def test_a_maintenance_lock_left_by_a_killed_worker_is_broken(redis_server):
+    """rq's maintenance lock lives 15 minutes unless its holder deletes it; a worker killed while holding it must
+    not stop the sweeps (abandoned and stranded jobs would wait, and their runs fail)."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from backends.redis_pool import JOB_FUNC
+
+    conn = redis.Redis.from_url(redis_server.url)
+    q = Queue("locked", connection=conn, serializer=JSONSerializer)
+    job = q.enqueue(JOB_FUNC, "{}")
+    conn.lrem(q.key, 1, job.id)  # taken by a worker (BLMOVE) that died before starting it
+    conn.rpush(q.intermediate_queue.key, job.id)
+    conn.set(q.intermediate_queue.get_first_seen_key(job.id), time.time() - 20)  # seen taken 20 s ago
+    conn.set(q.registry_cleaning_key, 1, ex=rq_upkeep.RQ_LOCK_S - 30)  # rq's maintenance, 30 s in: maybe alive
+    assert rq_upkeep.sweep(q) == [] and q.intermediate_queue.get_job_ids() == [job.id]
+    conn.set(q.registry_cleaning_key, 1, ex=rq_upkeep.RQ_LOCK_S - 61)  # 61 s in: its holder was killed
+    assert rq_upkeep.sweep(q) == [job.id]
+    assert q.job_ids == [job.id] and q.intermediate_queue.get_job_ids() == []
+    assert conn.exists(q.registry_cleaning_key) == 0  # released after the sweep
