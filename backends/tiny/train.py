@@ -258,6 +258,21 @@ def evaluate(model, items, voc: Vocab, bs: int = 100, shuffle: bool = False) -> 
     return res
 
 
+def progress_log(path: str | None):
+    """A logger for training runs: each line above the progress bar, and appended to `path` when given."""
+    from tqdm import tqdm
+
+    logf = open(path, "a") if path else None
+
+    def log(msg: str):
+        tqdm.write(msg)
+        if logf:
+            logf.write(msg + "\n")
+            logf.flush()
+
+    return log
+
+
 def save_model(model, processor, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     m = copy.deepcopy(model).to(torch.float16)
@@ -304,13 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     out = Path(args.out)
-    logf = open(args.log, "a") if args.log else None
-
-    def log(msg: str):
-        tqdm.write(msg)
-        if logf:
-            logf.write(msg + "\n")
-            logf.flush()
+    log = progress_log(args.log)
 
     processor = arch.build_processor()
     tokenizer = processor.tokenizer

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from . import arch
 from .batches import IMAGE_KINDS, image_batch, video_batch
-from .train import Vocab, lm_loss, save_model
+from .train import Vocab, lm_loss, progress_log, save_model
 
 
 def grow(model, vocab: int, seed: int):
@@ -202,13 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     out = Path(args.out)
     ckpt = Path(args.ckpt or str(out).rstrip("/") + ".ckpt.pt")
-    logf = open(args.log, "a") if args.log else None
-
-    def log(msg: str):
-        tqdm.write(msg)
-        if logf:
-            logf.write(msg + "\n")
-            logf.flush()
+    log = progress_log(args.log)
 
     processor = arch.build_processor()
     voc = Vocab(processor.tokenizer)
