@@ -95,15 +95,25 @@ class PrefillDrop:
     def installed(self) -> Iterator[None]:
         ad = self.state.adapter
         self.state.info["in_llm_positions"] = "original (survivors keep their position ids)"
-        handles = [ad.language_model.register_forward_pre_hook(self._model_pre, with_kwargs=True)]
-        try:
-            for i, layer in enumerate(ad.layers):
-                handles.append(layer.register_forward_pre_hook(
-                    lambda m, a, k, i=i: self._layer_pre(i, m, a, k), with_kwargs=True))
+        with layer_hooks(ad, self._model_pre, self._layer_pre):
             yield
-        finally:
-            for h in handles:
-                h.remove()
+
+
+@contextmanager
+def layer_hooks(ad, model_pre, layer_pre, model_post=None) -> Iterator[None]:
+    """Install a pre-hook (and optionally a post-hook) on the language model and `layer_pre(i, module, args,
+    kwargs)` on every decoder layer; always remove them."""
+    handles = [ad.language_model.register_forward_pre_hook(model_pre, with_kwargs=True)]
+    try:
+        if model_post is not None:
+            handles.append(ad.language_model.register_forward_hook(model_post, with_kwargs=True))
+        for i, layer in enumerate(ad.layers):
+            handles.append(layer.register_forward_pre_hook(
+                lambda m, a, k, i=i: layer_pre(i, m, a, k), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:

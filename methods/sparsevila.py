@@ -27,6 +27,7 @@ import torch
 from backends.adapter import rotate_half
 from backends.state import RunState
 from backends.types import RequestError
+from methods._llm import layer_hooks
 from methods._util import budget, cls_attention, received_attention
 from methods.base import Method
 from methods.registry import register
@@ -167,14 +168,5 @@ class Retrieval:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        ad = self.state.adapter
-        handles = [ad.language_model.register_forward_pre_hook(self._model_pre, with_kwargs=True),
-                   ad.language_model.register_forward_hook(self._model_post, with_kwargs=True)]
-        try:
-            for i, layer in enumerate(ad.layers):
-                handles.append(layer.register_forward_pre_hook(
-                    lambda m, a, k, i=i: self._layer_pre(i, m, a, k), with_kwargs=True))
+        with layer_hooks(self.state.adapter, self._model_pre, self._layer_pre, self._model_post):
             yield
-        finally:
-            for h in handles:
-                h.remove()
