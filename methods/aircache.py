@@ -30,6 +30,7 @@ import torch
 
 from backends.state import RunState
 from backends.types import RequestError
+from methods._llm import layer_hooks
 from methods.base import Method
 from methods.registry import register
 
@@ -136,16 +137,8 @@ class AirCache(Method):
                 self.compress(state, torch.stack([scores[i] for i in range(len(ad.layers))]), elite)
             return None
 
-        handles = [ad.language_model.register_forward_pre_hook(model_pre, with_kwargs=True),
-                   ad.language_model.register_forward_hook(model_post, with_kwargs=True)]
-        try:
-            for i, layer in enumerate(ad.layers):
-                handles.append(layer.register_forward_pre_hook(
-                    lambda m, a, k, i=i: layer_pre(i, m, a, k), with_kwargs=True))
+        with layer_hooks(ad, model_pre, layer_pre, model_post):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def compress(self, state: RunState, imp: torch.Tensor, elite: dict[int, int]) -> None:
         """Slice every layer's cache to its budget. imp: [L, V] visual importance per layer."""
