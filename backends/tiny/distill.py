@@ -9,6 +9,7 @@ already carry long answers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,6 +29,26 @@ def one_thread() -> None:
     """The machine has two cores and the base model trains on the other: one thread, no spinning waits."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(1)
+
+
+def run_args(doc: str, what: str, default_file: str, lr: float, extra_first=()) -> argparse.ArgumentParser:
+    """The options both extras' trainings take (base folder, output file, resume checkpoint, warm start, budget,
+    batch, learning rate, evaluation interval, seed); each trainer adds its own after `extra_first`'s."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--model", required=True, help="the base model folder (its weights stay frozen)")
+    ap.add_argument("--out", default="", help=f"{what} file (default MODEL/{default_file})")
+    ap.add_argument("--ckpt", default=f"runs/{what}-ckpt.pt", help="checkpoint for --resume")
+    ap.add_argument("--init", default="", help=f"start from this {what} file (e.g. one trained on an earlier base)")
+    for flag, kw in extra_first:
+        ap.add_argument(flag, **kw)
+    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget (the run stops after it)")
+    ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps")
+    ap.add_argument("--batch", type=int, default=16, help="scenes per batch")
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    return ap
 
 
 def load_base(model_dir: str):

@@ -21,7 +21,6 @@ teacher-forced answer accuracy on fixed check batches next to the teacher's; the
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distill import Log, batch, check_set, embed, load_base, one_thread, record
+from .distill import Log, batch, check_set, embed, load_base, one_thread, record, run_args
 from .hybrid import HYBRID_FILE, MambaBlock, load_hybrid, mamba_layers, save_hybrid, swapped_in
 from .train import Vocab
 
@@ -67,23 +66,12 @@ def evaluate(model, blocks, check) -> dict:
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="the base model folder (teacher; its weights stay frozen)")
-    ap.add_argument("--out", default="", help=f"hybrid file (default MODEL/{HYBRID_FILE})")
-    ap.add_argument("--ckpt", default="runs/hybrid-ckpt.pt", help="checkpoint for --resume")
-    ap.add_argument("--init", default="", help="start from this hybrid file (e.g. one distilled from an earlier base)")
-    ap.add_argument("--share", type=float, default=0.25, help="share of attention layers made Mamba-2")
-    ap.add_argument("--offset", type=int, default=3, help="first layer swapped (the paper's spacing starts at 0)")
-    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget (the run stops after it)")
-    ap.add_argument("--steps", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=16, help="scenes per batch")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    extra = [("--share", dict(type=float, default=0.25, help="share of attention layers made Mamba-2")),
+             ("--offset", dict(type=int, default=3, help="first layer swapped (the paper's spacing starts at 0)"))]
+    ap = run_args(__doc__, "hybrid", HYBRID_FILE, 3e-3, extra)
     ap.add_argument("--w-l2", type=float, default=1.0, help="weight of the per-layer L2 term")
     ap.add_argument("--conv-init", choices=["default", "identity"], default="identity",
                     help="Mamba-2's random conv init (the paper's) or the identity (ours)")
-    ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resume", action="store_true")
     return ap.parse_args(argv)
 
 

@@ -16,7 +16,6 @@ for --resume to --ckpt. One torch thread; deterministic for a seed.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distill import Log, batch, check_set, embed, load_base, one_thread, record
+from .distill import Log, batch, check_set, embed, load_base, one_thread, record, run_args
 from .train import Vocab
 from .twig import TWIG_FILE, Twig, load_twig
 
@@ -59,21 +58,8 @@ def agreement(model, twig: Twig, check: list[dict]) -> float:
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="the base model folder (its weights stay frozen)")
-    ap.add_argument("--out", default="", help=f"twig file (default MODEL/{TWIG_FILE})")
-    ap.add_argument("--ckpt", default="runs/twig-ckpt.pt", help="checkpoint for --resume")
-    ap.add_argument("--init", default="", help="start from this twig file (e.g. one trained on an earlier base)")
-    ap.add_argument("--k", type=int, default=1)
-    ap.add_argument("--t", type=int, default=2)
-    ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget (the run stops after it)")
-    ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps")
-    ap.add_argument("--batch", type=int, default=16, help="scenes per batch")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resume", action="store_true")
-    return ap.parse_args(argv)
+    extra = [("--k", dict(type=int, default=1)), ("--t", dict(type=int, default=2))]
+    return run_args(__doc__, "twig", TWIG_FILE, 1e-3, extra).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
