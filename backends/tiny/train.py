@@ -196,6 +196,18 @@ def attention_loss(model, emb, batch, layer: int = 0, head: int = 0):
     return -torch.log((p * tgt).sum(-1) + 1e-6).mean()
 
 
+def smooth(ema: dict, parts: dict, decay: float = 0.98) -> None:
+    """Exponential moving average of each loss part, in place (the progress line shows these, not one batch's)."""
+    for k, v in parts.items():
+        ema[k] = v if k not in ema else decay * ema[k] + (1 - decay) * v
+
+
+def add_parts(parts: dict, got: dict, name: str, w: float) -> None:
+    """Accumulate one sub-batch's loss parts, weighted as its loss was, under `<part>_<sub-batch name>`."""
+    for k, v in got.items():
+        parts[f"{k}_{name}"] = parts.get(f"{k}_{name}", 0.0) + w * v
+
+
 def lm_loss(logits, labels):
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
@@ -396,8 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        for k, v in parts.items():
-            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
+        smooth(ema, parts)
         if step % 25 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()})
         if step % args.eval_every == 0 or step == args.steps:

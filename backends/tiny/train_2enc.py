@@ -41,7 +41,7 @@ from .arch import VOCAB_SIZE
 from .batches import Builder, _annotate, cell_of_tokens, sample_image_turns, video_batch
 from .render_train import render
 from .scenes import sample_scene
-from .train import PCELL, Vocab, lm_loss, pixels
+from .train import PCELL, Vocab, add_parts, lm_loss, pixels, smooth
 from .train_v2 import forward as base_forward
 from .train_v2 import grow, make_check
 
@@ -286,12 +286,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                 loss = loss + args.w_aux * l_aux
                 got["aux"] = l_aux.item()
             (w * loss).backward()
-            for k, v in got.items():
-                parts[f"{k}_{name}"] = parts.get(f"{k}_{name}", 0.0) + w * v
+            add_parts(parts, got, name, w)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
-        for k, v in parts.items():
-            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
+        smooth(ema, parts)
         minutes = (time.time() - t0) / 60
         if step % 25 == 0:
             log(f"  step {step}/{args.steps} {minutes:.1f} min  " + " ".join(f"{k} {v:.3f}" for k, v in ema.items()))

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from . import arch
 from .batches import IMAGE_KINDS, image_batch, video_batch
-from .train import Vocab, lm_loss, progress_log, save_model
+from .train import Vocab, add_parts, lm_loss, progress_log, save_model, smooth
 
 
 def grow(model, vocab: int, seed: int):
@@ -246,12 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args)
             (w * loss).backward()
-            for k, v in got.items():
-                parts[f"{k}_{name}"] = parts.get(f"{k}_{name}", 0.0) + w * v
+            add_parts(parts, got, name, w)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        for k, v in parts.items():
-            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
+        smooth(ema, parts)
         if step % 25 == 0:
             bar.set_postfix({k: f"{v:.2f}" for k, v in ema.items()})
         if step % 100 == 0 and bar.disable:  # no terminal: a progress line in the log instead of the bar
