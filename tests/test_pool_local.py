@@ -91,14 +91,15 @@ def test_failing_run_comes_back_and_closing_drops_queued_runs(sleepy, random_mod
         stream = pool.compare(comparison(scene_png, random_model_dir,
                                          [MethodSpec("test-sleepy", {"seconds": s}) for s in (0.3, 0.3, 0.3)]))
         first = next(stream)
-        while len(STARTED) < 2:  # run 1 has started on the only worker
-            time.sleep(0.01)
-        stream.close()  # the caller stops listening: run 1 ends, run 2 never starts
+        time.sleep(0.5)
+        assert len(STARTED) == 1  # the next run waits until the caller asks for it (its drawing never overlaps)
+        second = next(stream)
+        stream.close()  # the caller stops listening: run 2 never starts
     finally:
         pool.close(wait=30)
-    assert first.index == 0 and first.ok
+    assert first.index == 0 and first.ok and second.index == 1 and second.ok
     assert len(SPANS) == 2
-    assert stream.summary["complete"] is False and stream.summary["order"] == [0]
+    assert stream.summary["complete"] is False and stream.summary["order"] == [0, 1]
 
 
 def test_inline_pool_runs_in_the_callers_thread(random_model_dir, scene_png):
