@@ -187,10 +187,8 @@ class LocalPool:
 
         def results() -> Iterator[RunResult]:
             for k in range(len(reqs)):
-                if k > 0:
-                    nxt = next(pending, None)
-                    if nxt is not None:
-                        self._jobs.put(_Job(nxt, out, cancelled))
+                for r in itertools.islice(pending, 1 if k else 0):  # the caller is back: it has handled result k-1
+                    self._jobs.put(_Job(r, out, cancelled))
                 yield out.get()
 
         return Stream(results(), Stream.new_summary("local", len(reqs)), cancelled.set)
