@@ -98,19 +98,27 @@ def scene_png(tmp_path_factory) -> str:
 
 # --- Redis (issue 6: pools). A real redis-server on a free 127.0.0.1 port, no persistence, stopped after. ---
 class RedisServer:
+    """redis-server on a fixed free port, without persistence; it can be stopped and started again on that port
+    (the Redis-fault tests restart it under running workers)."""
+
     def __init__(self):
         import shutil
+
+        self.exe = shutil.which("redis-server")
+        if self.exe is None:
+            pytest.fail("redis-server is not installed (`make test` installs it: scripts/system-deps.sh)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
         import subprocess
         import time
 
         import redis
 
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed (`make test` installs it: scripts/system-deps.sh)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
@@ -124,9 +132,16 @@ class RedisServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+    def restart(self, down_s: float) -> None:
+        import time
+
+        self.stop()
+        time.sleep(down_s)
+        self.start()
 
 
 @pytest.fixture(scope="module")

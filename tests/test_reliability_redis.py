@@ -11,7 +11,6 @@ restart loses every job) and real `python app.py worker` processes.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,46 +25,13 @@ from backends import rq_upkeep
 from backends.redis_pool import RedisPool
 from backends.settings import Settings
 from backends.types import MethodSpec, RunResult
-from tests.conftest import free_port
+from tests.conftest import RedisServer
 from tests.test_pool_redis import ROOT, Workers, comparison, started_jobs
-
-
-class RestartableRedis:
-    """redis-server on a fixed free port, without persistence, that can be stopped and started again."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def restart(self, down_s: float) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
 
 
 @pytest.fixture(scope="module")
 def rig(random_model_dir, tmp_path_factory):
-    server = RestartableRedis()
+    server = RedisServer()
     workers = Workers(server.url, random_model_dir, tmp_path_factory.mktemp("workers"))
     workers.start(2)
     yield server, workers
