@@ -61,6 +61,16 @@ def load_base(model_dir: str):
     return model.eval(), AutoProcessor.from_pretrained(model_dir)
 
 
+def start_run(args):
+    """What both trainers do first: one thread, a log, the seed, the frozen base. Returns (log, model, processor,
+    vocab)."""
+    one_thread()
+    log = Log()
+    torch.manual_seed(args.seed)
+    model, proc = load_base(args.model)
+    return log, model, proc, Vocab(proc.tokenizer)
+
+
 def is_v2(model) -> bool:
     return model.config.text_config.vocab_size > arch.V1_VOCAB_SIZE
 

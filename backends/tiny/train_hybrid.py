@@ -28,9 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distill import Log, batch, check_set, embed, load_base, one_thread, record, run_args
+from .distill import batch, check_set, embed, record, run_args, start_run
 from .hybrid import HYBRID_FILE, MambaBlock, load_hybrid, mamba_layers, save_hybrid, swapped_in
-from .train import Vocab
 
 
 def run(model, emb, att):
@@ -77,11 +76,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    one_thread()
-    log = Log()
-    torch.manual_seed(args.seed)
-    model, proc = load_base(args.model)
-    voc = Vocab(proc.tokenizer)
+    log, model, proc, voc = start_run(args)
     cfg, layers = model.config.text_config, model.model.language_model.layers
     out = Path(args.out or Path(args.model) / HYBRID_FILE)
     if args.init:  # e.g. a hybrid distilled from an earlier checkpoint of the same base

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distill import Log, batch, check_set, embed, load_base, one_thread, record, run_args
-from .train import Vocab
+from .distill import batch, check_set, embed, record, run_args, start_run
 from .twig import TWIG_FILE, Twig, load_twig
 
 
@@ -64,11 +63,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    one_thread()
-    log = Log()
-    torch.manual_seed(args.seed)
-    model, proc = load_base(args.model)
-    voc = Vocab(proc.tokenizer)
+    log, model, proc, voc = start_run(args)
     out = Path(args.out or Path(args.model) / TWIG_FILE)
     twig = (load_twig(model, Path(args.init)) if args.init else Twig.from_base(model, args.k, args.t)).train()
     for p in twig.parameters():
