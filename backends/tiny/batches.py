@@ -7,9 +7,10 @@ tokens (side drawn per clip: 8 = full frames, else 2..8, as Dynamic-VLM trains i
 followed by 1-3 video questions. Loss is on answers and `</s>` only.
 
 Besides ids and labels, a batch carries the targets of two training-only auxiliary losses (see `train_v2`):
-`ds` (a content token predicts its one-word answer) and `att` (an attention head of the content token, or of the
+`ds` (a content token predicts its one-word answer), `att` (an attention head of the content token, or of the
 `a` that opens each described object, should land on the image tokens of the cell it is about: head 0 in the first
-frame, head 1 in the last; decoder layer 0 for one-token queries, layer 1 for the others).
+frame, head 1 in the last; decoder layer 0 for one-token queries, layer 1 for the others) and `cell` (a direction
+question's shape word names the cells its object starts and ends in).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Builder:
 
     def __init__(self, voc: Vocab):
         self.voc = voc
-        self.seqs, self.labels, self.ds, self.att, self.turns = [], [], [], [], []
+        self.seqs, self.labels, self.ds, self.att, self.turns, self.cells = [], [], [], [], [], []
 
     def add(self, ids: list[int], lab: list[int], qas: list[dict], frame_slots: list[np.ndarray], cells_fn):
         """Append the QA turns of `qas` after `ids`. frame_slots[f] = sequence positions of frame f's tokens;
@@ -93,6 +94,7 @@ class Builder:
                 targets.append((content, 0, q["cell"], 0, 0))
             elif kind == "direction":  # the shape word: where the object starts (head 0) and ends (head 1)
                 targets += [(content, 0, q["cells"][0], 0, 1), (content, last, q["cells"][1], 1, 1)]
+                self.cells.append((row, content, *q["cells"]))
             ans = voc.tok(q["answer"], add_special_tokens=False)["input_ids"]
             a0 = start + len(qi) + len(voc.cue)
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
@@ -127,7 +129,10 @@ class Builder:
                     at_rows=torch.tensor([a[0] for a in self.att], dtype=torch.long),
                     at_cols=torch.tensor([a[1] for a in self.att], dtype=torch.long), at_mask=tmask,
                     at_heads=torch.tensor([a[3] for a in self.att], dtype=torch.long),
-                    at_layers=torch.tensor([a[4] for a in self.att], dtype=torch.long))
+                    at_layers=torch.tensor([a[4] for a in self.att], dtype=torch.long),
+                    cell_rows=torch.tensor([c[0] for c in self.cells], dtype=torch.long),
+                    cell_cols=torch.tensor([c[1] for c in self.cells], dtype=torch.long),
+                    cell_tgt=torch.tensor([c[2:] for c in self.cells], dtype=torch.long).reshape(-1, 2))
 
 
 def _annotate(objs, q: dict) -> dict:

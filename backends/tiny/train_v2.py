@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import arch
-from .batches import IMAGE_KINDS, image_batch, video_batch
+from .batches import IMAGE_KINDS, VIDEO_WEIGHTS, image_batch, video_batch
 from .train import Vocab, add_parts, lm_loss, progress_log, save_model, smooth
 
 
@@ -117,11 +117,20 @@ def attention_loss_at(model, emb, b, layer: int):
     return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6).mean()
 
 
-def losses(model, ds_head, b, args) -> tuple[torch.Tensor, dict]:
-    """LM loss on answers + the content-token (ds) and attention aux losses of one batch."""
-    hidden, logits, mid = forward(model, b, 2 if args.w_ds > 0 else None)
-    loss = lm_loss(logits, b["labels"])
+def losses(model, ds_head, b, args, cell_head=None) -> tuple[torch.Tensor, dict]:
+    """LM loss on answers + the content-token (ds), start/end cell and attention aux losses of one batch."""
+    hidden, logits, mid = forward(model, b, 2 if args.w_ds > 0 or args.w_cell > 0 else None)
+    # A clip can end up with no askable question (a direction-heavy mix, no object unique by colour and shape): no
+    # answer tokens, and a mean over none would be NaN.
+    loss = lm_loss(logits, b["labels"]) if bool((b["labels"] != -100).any()) else logits.sum() * 0.0
     parts = {"lm": loss.item()}
+    if args.w_cell > 0 and len(b["cell_rows"]):
+        # The shape word of a direction question names its object's start and end cells (two 9-way heads): the two
+        # reads that layer 1's heads 0/1 make must arrive as positions the layers above can compare.
+        c = cell_head(mid[b["cell_rows"], b["cell_cols"]]).view(-1, 2, 9)
+        l_cell = F.cross_entropy(c.flatten(0, 1), b["cell_tgt"].flatten())
+        loss = loss + args.w_cell * l_cell
+        parts["cell"] = l_cell.item()
     if args.w_ds > 0 and len(b["ds_rows"]):
         l_ds = F.cross_entropy(ds_head(mid[b["ds_rows"], b["ds_cols"]]), b["ds_tgt"])
         loss = loss + args.w_ds * l_ds
@@ -186,6 +195,9 @@ def parse_args(argv):
     p.add_argument("--min-lr-frac", type=float, default=0.05)
     p.add_argument("--w-ds", type=float, default=0.5)
     p.add_argument("--w-att", type=float, default=0.3)
+    p.add_argument("--w-cell", type=float, default=0.0, help="start/end cell aux of direction questions (0 = off)")
+    p.add_argument("--dir-weight", type=float, default=None,
+                   help="share of direction among video questions (default batches.VIDEO_WEIGHTS)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     return p.parse_args(argv)
@@ -214,7 +226,17 @@ def main(argv: list[str] | None = None) -> dict:
         p.requires_grad_(False)
     torch.manual_seed(args.seed + 2)
     ds_head = torch.nn.Linear(model.config.text_config.hidden_size, arch.VOCAB_SIZE)
-    params = [p for p in model.parameters() if p.requires_grad] + list(ds_head.parameters())
+    heads = [ds_head]
+    cell_head = None
+    if args.w_cell > 0:  # only then, so a run without it draws the same random numbers as before the option
+        cell_head = torch.nn.Linear(model.config.text_config.hidden_size, 18)
+        heads.append(cell_head)
+    kinds = None
+    if args.dir_weight is not None:
+        rest = {k: v for k, v in VIDEO_WEIGHTS.items() if k != "direction"}
+        kinds = {"direction": args.dir_weight, **{k: v * (1 - args.dir_weight) / sum(rest.values())
+                                                  for k, v in rest.items()}}
+    params = [p for p in model.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = np.random.default_rng(args.seed + 2000)
     start, curve, ema = 1, [], {}
@@ -222,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
         st = torch.load(ckpt, weights_only=False)  # our own file, written below
         model.load_state_dict(st["model"])
         ds_head.load_state_dict(st["ds_head"])
+        if cell_head is not None and "cell_head" in st:
+            cell_head.load_state_dict(st["cell_head"])
         opt.load_state_dict(st["opt"])
         rng.bit_generator.state = st["rng"]
         start, curve, ema = st["step"] + 1, st["curve"], st["ema"]
@@ -242,9 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
         work = [("img", image_batch(rng, voc, args.images), 1.0)]
-        work += [("vid", video_batch(rng, voc, 1), 1.0 / args.clips) for _ in range(args.clips)]
+        work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
-            loss, got = losses(model, ds_head, b, args)
+            loss, got = losses(model, ds_head, b, args, cell_head)
             (w * loss).backward()
             add_parts(parts, got, name, w)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -266,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             # "best" evaluation let a kind stuck near chance (direction) choose the step by noise.
             save_model(model, processor, out)
             torch.save(dict(model=model.state_dict(), ds_head=ds_head.state_dict(), opt=opt.state_dict(),
+                            cell_head=cell_head.state_dict() if cell_head is not None else None,
                             rng=rng.bit_generator.state, step=step, curve=curve, ema=ema, minutes=minutes), ckpt)
     minutes = (time.time() - t0) / 60
     info = dict(command="python -m backends.tiny.train_v2 " + " ".join(argv), args=vars(args),

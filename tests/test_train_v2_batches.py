@@ -1,0 +1,50 @@
+"""Stage-2 training batches: the start/end cell targets of direction questions follow the clip (the answer's move),
+sit on the question's shape word, and a clip with no askable question adds no NaN to the loss."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from backends.tiny import arch
+from backends.tiny.batches import video_batch
+from backends.tiny.clips import MOVES
+from backends.tiny.train import Vocab
+from backends.tiny.train_v2 import losses
+
+
+def test_direction_cells_follow_the_move_and_sit_on_the_shape_word():
+    voc = Vocab(arch.build_tokenizer())
+    shapes = {voc.tok.convert_tokens_to_ids(s) for s in ("circle", "square", "triangle")}
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(40):
+        b = video_batch(rng, voc, 1, kinds={"direction": 1.0}, frames=(4, 4), side=2)
+        answers = [voc.tok.decode(b["input_ids"][0, a:e - 1]).strip() for a, e, _ in b["turns"][0]]
+        assert len(b["cell_rows"]) == len(answers)  # one (start, end) pair per direction question
+        for col, (start, end), ans in zip(b["cell_cols"].tolist(), b["cell_tgt"].tolist(), answers):
+            assert int(b["input_ids"][0, col]) in shapes
+            seen.add(ans)
+            if ans == "still":
+                assert start == end
+                continue
+            (r0, c0), (r1, c1) = divmod(start, 3), divmod(end, 3)
+            dr, dc = MOVES[ans]
+            steps = max(abs(r1 - r0), abs(c1 - c0))
+            assert steps in (1, 2) and (r1 - r0, c1 - c0) == (dr * steps, dc * steps)
+    assert {"left", "right", "up", "down", "still"} <= seen
+
+
+def test_a_batch_without_answers_adds_zero_loss_not_nan():
+    tok = arch.build_tokenizer()
+    voc = Vocab(tok)
+    model = arch.build_model(tok, seed=0)
+    b = video_batch(np.random.default_rng(0), voc, 1, kinds={"direction": 1.0}, frames=(4, 4), side=2)
+    b["labels"][:] = -100  # as when no object of the clip is unique by colour and shape
+    args = argparse.Namespace(w_ds=0.5, w_att=0.0, w_cell=0.5)
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 18)
+    ds = torch.nn.Linear(model.config.text_config.hidden_size, model.config.text_config.vocab_size)
+    loss, parts = losses(model, ds, b, args, head)
+    assert torch.isfinite(loss) and parts["lm"] == 0.0 and parts["cell"] > 0
