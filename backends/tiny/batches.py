@@ -35,9 +35,9 @@ def cell_of_tokens(side: int) -> np.ndarray:
                      for c in range(side)])
 
 
-def sample_image_turns(objs, rng, n: int) -> list[dict]:
-    """n distinct turns about one scene; at most one description."""
-    w = np.array([IMAGE_WEIGHTS[k] for k in IMAGE_KINDS])
+def sample_image_turns(objs, rng, n: int, weights: dict | None = None) -> list[dict]:
+    """n distinct turns about one scene; at most one description. Kinds drawn by `weights` (default IMAGE_WEIGHTS)."""
+    w = np.array([(weights or IMAGE_WEIGHTS)[k] for k in IMAGE_KINDS])
     out, seen = [], set()
     for _ in range(20 * n):
         if len(out) == n:
@@ -144,14 +144,16 @@ def _annotate(objs, q: dict) -> dict:
     return q
 
 
-def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5)) -> dict:
-    """n_img scenes, each with a 1-5 turn conversation. pixel_values [n_img, 3, 128, 128]."""
+def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None) -> dict:
+    """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS).
+    pixel_values [n_img, 3, 128, 128]."""
     b, pix = Builder(voc), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
         objs = sample_scene(rng)
         pix.append(pixels(render(objs, rng)))
-        qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(turns[0], turns[1] + 1)))]
+        qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(turns[0], turns[1] + 1)),
+                                                                    weights)]
         b.add([voc.bos] + [voc.img] * n_tok ** 2, [-100] * (1 + n_tok ** 2), qas, [np.arange(1, 1 + n_tok ** 2)],
               lambda f: PCELL)
     out = b.tensors()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import arch
-from .batches import IMAGE_KINDS, VIDEO_WEIGHTS, image_batch, video_batch
+from .batches import IMAGE_KINDS, IMAGE_WEIGHTS, VIDEO_WEIGHTS, image_batch, video_batch
 from .train import Vocab, add_parts, lm_loss, progress_log, save_model, smooth
 
 
@@ -200,6 +200,8 @@ def parse_args(argv):
     p.add_argument("--w-cell", type=float, default=0.0, help="start/end cell aux of direction questions (0 = off)")
     p.add_argument("--dir-weight", type=float, default=None,
                    help="share of direction among video questions (default batches.VIDEO_WEIGHTS)")
+    p.add_argument("--image-weights", default=None, metavar="KIND=W,...",
+                   help="override some of batches.IMAGE_WEIGHTS (the image question mix), e.g. count=0.2,describe=0.45")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     p.add_argument("--record", default="training_v2.json", help="the run's record, written into --out")
@@ -239,6 +241,12 @@ def main(argv: list[str] | None = None) -> dict:
         rest = {k: v for k, v in VIDEO_WEIGHTS.items() if k != "direction"}
         kinds = {"direction": args.dir_weight, **{k: v * (1 - args.dir_weight) / sum(rest.values())
                                                   for k, v in rest.items()}}
+    img_w = dict(IMAGE_WEIGHTS)
+    for item in filter(None, (args.image_weights or "").split(",")):
+        k, v = item.split("=")
+        if k not in img_w:
+            raise SystemExit(f"--image-weights: unknown kind {k!r} (kinds: {', '.join(img_w)})")
+        img_w[k] = float(v)
     params = [p for p in model.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = np.random.default_rng(args.seed + 2000)
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         # doubled the cost); gradients accumulate, clips weighted 1/clips so video counts like one batch.
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        work = [("img", image_batch(rng, voc, args.images), 1.0)]
+        work = [("img", image_batch(rng, voc, args.images, weights=img_w), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
