@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
 
         return calibrate_main(rest)
     if cmd == "train-tiny":
-        from backends.tiny.train_v2 import pipeline
+        from backends.tiny.pipeline import pipeline
 
         return pipeline(rest)
     print(f"error: unknown command {cmd!r}; see python app.py --help", file=sys.stderr)

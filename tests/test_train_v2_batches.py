@@ -11,8 +11,8 @@ import torch
 from backends.tiny import arch
 from backends.tiny.batches import video_batch
 from backends.tiny.clips import MOVES
+from backends.tiny.losses_v2 import losses
 from backends.tiny.train import Vocab
-from backends.tiny.train_v2 import losses
 
 
 def test_direction_cells_follow_the_move_and_sit_on_the_shape_word():

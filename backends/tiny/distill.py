@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from . import arch
+from .losses_v2 import visual_features
 from .train import DEFAULT_WEIGHTS, Vocab, make_batch
-from .train_v2 import visual_features
 
 
 def one_thread() -> None:

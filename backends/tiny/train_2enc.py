@@ -39,11 +39,12 @@ import torch.nn.functional as F
 from . import two_encoder as te
 from .arch import VOCAB_SIZE
 from .batches import Builder, _annotate, cell_of_tokens, sample_image_turns, video_batch
+from .losses_v2 import forward as base_forward
+from .losses_v2 import grow
 from .render_train import render
 from .scenes import sample_scene
 from .train import PCELL, Vocab, add_parts, lm_loss, pixels, smooth
-from .train_v2 import forward as base_forward
-from .train_v2 import grow, make_check
+from .train_v2 import make_check
 
 N_CLIP, SIDE = 64, 6
 N_CONV = SIDE * SIDE

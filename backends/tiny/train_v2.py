@@ -2,7 +2,7 @@
 
     python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stage 1 (v1, from scratch), 2 and 3
     python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
-    python -m backends.tiny.train_v2 --init V2A_DIR --out DIR <STAGE3>      # stage 3 (direction) from stage 2's model
+    python -m backends.tiny.train_v2 --init V2A_DIR --out DIR <STAGE3>    # stage 3 (pipeline.STAGE3) from stage 2
 
 Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
 v1's, new output rows N(0, 0.02)) and keeps the architecture (64 visual tokens per image, CLS, 8 decoder layers).
@@ -32,117 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import arch
 from .batches import IMAGE_KINDS, IMAGE_WEIGHTS, VIDEO_WEIGHTS, image_batch, video_batch
-from .train import Vocab, add_parts, lm_loss, progress_log, save_model, smooth
-
-
-def grow(model, vocab: int, seed: int):
-    """Resize embeddings and LM head to `vocab` rows in place; v1 rows kept, new rows initialised as v1's were."""
-    old = model.config.text_config.vocab_size
-    if old >= vocab:
-        return model
-    g = torch.Generator().manual_seed(seed)
-    emb, head = model.model.language_model.embed_tokens, model.lm_head
-    new_e = torch.nn.Embedding(vocab, emb.weight.shape[1], padding_idx=emb.padding_idx)
-    new_h = torch.nn.Linear(head.weight.shape[1], vocab, bias=False)
-    with torch.no_grad():
-        new_e.weight.copy_(torch.cat([emb.weight, torch.randn(vocab - old, emb.weight.shape[1], generator=g)]))
-        new_h.weight.copy_(torch.cat([head.weight, 0.02 * torch.randn(vocab - old, head.weight.shape[1], generator=g)]))
-    model.model.language_model.embed_tokens, model.lm_head = new_e, new_h
-    model.config.text_config.vocab_size = vocab
-    return model
-
-
-def visual_features(model, pixel_values, sides, frames):
-    """Frozen tower -> per-frame average pooling to side x side -> projector. Returns [sum_f side_f^2, D]."""
-    with torch.no_grad():
-        hs = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
-    n = int(math.isqrt(hs.shape[1]))
-    out, f0 = [], 0
-    for side, t in zip(sides, frames):
-        x = hs[f0:f0 + t]
-        f0 += t
-        if side != n:  # same pooling as methods/_util.pool_grid (adaptive average pool over the patch grid)
-            g = x.transpose(1, 2).reshape(t, -1, n, n)
-            x = F.adaptive_avg_pool2d(g, side).flatten(2).transpose(1, 2)
-        out.append(x.reshape(-1, x.shape[-1]))
-    return model.model.multi_modal_projector(torch.cat(out))
-
-
-def forward(model, b, ds_layer: int | None):
-    """Returns the hidden states entering each decoder layer (inputs_embeds first), the logits, and the state after
-    `ds_layer`."""
-    feats = visual_features(model, b["pixel_values"], b["sides"], b["frames"])
-    emb = model.model.language_model.get_input_embeddings()(b["input_ids"])
-    mask = (b["input_ids"] == model.config.image_token_id).unsqueeze(-1)
-    emb = emb.masked_scatter(mask, feats.to(emb.dtype))
-    out = model.model.language_model(inputs_embeds=emb, attention_mask=b["attention_mask"],
-                                      output_hidden_states=True)
-    mid = out.hidden_states[ds_layer] if ds_layer is not None else None
-    return out.hidden_states, model.lm_head(out.last_hidden_state), mid
-
-
-def attention_loss(model, hidden, b):
-    """-log(attention mass of decoder layer `at_layers[n]`'s head `at_heads[n]`, at each query, on its targets),
-    averaged over every query. hidden: the states entering each layer (forward's first output)."""
-    total, count = 0.0, 0
-    for layer in b["at_layers"].unique().tolist():
-        sel = b["at_layers"] == layer
-        part = {k: b[k][sel] for k in ("at_rows", "at_cols", "at_mask", "at_heads")}
-        total = total + attention_loss_at(model, hidden[layer], part, layer) * int(sel.sum())
-        count += int(sel.sum())
-    return total / count
-
-
-def attention_loss_at(model, emb, b, layer: int):
-    """The loss of one decoder layer: emb [B, L, D] is the hidden state entering it."""
-    from transformers.models.llama.modeling_llama import rotate_half
-
-    rows, cols, tmask, heads = b["at_rows"], b["at_cols"], b["at_mask"], b["at_heads"]
-    lm = model.model.language_model
-    attn = lm.layers[layer].self_attn
-    d = attn.head_dim
-    x = lm.layers[layer].input_layernorm(emb)
-    L, n = x.shape[1], len(rows)
-    cos, sin = lm.rotary_emb(x, position_ids=torch.arange(L).unsqueeze(0))
-    cos, sin = cos[0], sin[0]
-    kv = heads // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-    k = attn.k_proj(x[rows]).view(n, L, -1, d)[torch.arange(n), :, kv]  # [n, L, d]
-    k = k * cos + rotate_half(k) * sin
-    q = attn.q_proj(x[rows, cols]).view(n, -1, d)[torch.arange(n), heads]  # [n, d]
-    q = q * cos[cols] + rotate_half(q) * sin[cols]
-    sc = torch.einsum("nd,nld->nl", q, k) * attn.scaling
-    sc = sc.masked_fill(torch.arange(L).unsqueeze(0) > cols.unsqueeze(1), float("-inf"))
-    return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6).mean()
-
-
-def losses(model, ds_head, b, args, cell_head=None) -> tuple[torch.Tensor, dict]:
-    """LM loss on answers + the content-token (ds), start/end cell and attention aux losses of one batch."""
-    hidden, logits, mid = forward(model, b, 2 if args.w_ds > 0 or args.w_cell > 0 else None)
-    # A clip can end up with no askable question (a direction-heavy mix, no object unique by colour and shape): no
-    # answer tokens, and a mean over none would be NaN.
-    loss = lm_loss(logits, b["labels"]) if bool((b["labels"] != -100).any()) else logits.sum() * 0.0
-    parts = {"lm": loss.item()}
-    if args.w_cell > 0 and len(b["cell_rows"]):
-        # The shape word of a direction question names its object's start and end cells (two 9-way heads): the two
-        # reads that layer 1's heads 0/1 make must arrive as positions the layers above can compare.
-        c = cell_head(mid[b["cell_rows"], b["cell_cols"]]).view(-1, 2, 9)
-        l_cell = F.cross_entropy(c.flatten(0, 1), b["cell_tgt"].flatten())
-        loss = loss + args.w_cell * l_cell
-        parts["cell"] = l_cell.item()
-    if args.w_ds > 0 and len(b["ds_rows"]):
-        l_ds = F.cross_entropy(ds_head(mid[b["ds_rows"], b["ds_cols"]]), b["ds_tgt"])
-        loss = loss + args.w_ds * l_ds
-        parts["ds"] = l_ds.item()
-    if args.w_att > 0 and len(b["at_rows"]):
-        l_att = attention_loss(model, hidden, b)
-        loss = loss + args.w_att * l_att
-        parts["att"] = l_att.item()
-    return loss, parts
-
+from .losses_v2 import forward, grow, losses
+from .train import Vocab, add_parts, progress_log, save_model, smooth
 
 # ------------------------------------------------------------------------------------------ check set
 
@@ -315,43 +209,6 @@ def main(argv: list[str] | None = None) -> dict:
     (out / args.record).write_text(json.dumps(info, indent=1) + "\n")
     log(f"# done in {minutes:.1f} min")
     return info
-
-
-# Stage 3: the same trainer, continued from stage 2's model with direction questions at 60% of the video questions
-# and the start/end cell aux on (stage 2 left direction at its constant-answer rate; this taught it).
-STAGE3 = ["--steps", "1200", "--clips", "6", "--lr", "5e-4", "--warmup", "50", "--dir-weight", "0.6",
-          "--w-cell", "0.5", "--eval-every", "200", "--record", "training_v3.json"]
-
-
-def pipeline(argv: list[str] | None = None) -> int:
-    """`python app.py train-tiny`: the shipped model from one command. Without --init, stage 1 (v1 from scratch,
-    `train.py`'s recipe, ~65 min on one thread) writes <out>-v1 first; stage 2 (this module) grows it into v2 in
-    <out>-v2a (skipped with --stage2 DIR); stage 3 (this module again, STAGE3's options) continues it into <out>."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog="python app.py train-tiny", description=pipeline.__doc__.split("\n")[0])
-    p.add_argument("--out", default="assets/tiny-llava-shapes")
-    p.add_argument("--init", default=None, help="an existing v1 folder: skip stage 1")
-    p.add_argument("--stage2", default=None, help="an existing stage-2 folder: skip stages 1 and 2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="stages 2 and 3 (the shipped runs used 2; stage 1 uses 1, "
-                   "as its shipped run did: results depend on the thread count)")
-    p.add_argument("--resume", action="store_true", help="stages 2 and 3 continue from their checkpoints")
-    known, rest = p.parse_known_args(argv)
-    common = ["--seed", str(known.seed), "--threads", str(known.threads)] + (["--resume"] if known.resume else [])
-    stage2 = known.stage2
-    if stage2 is None:
-        init = known.init
-        if init is None:
-            from .train import main as stage1
-
-            init = str(known.out).rstrip("/") + "-v1"
-            stage1(["--out", init, "--seed", str(known.seed), "--threads", "1"])
-        stage2 = str(known.out).rstrip("/") + "-v2a"
-        main(["--init", init, "--out", stage2, *common, *rest])
-    main(["--init", stage2, "--out", known.out, *common, *STAGE3])
-    if (Path(stage2) / "training_v2.json").exists():  # both records beside the weights
-        (Path(known.out) / "training_v2.json").write_text((Path(stage2) / "training_v2.json").read_text())
-    return 0
 
 
 if __name__ == "__main__":
