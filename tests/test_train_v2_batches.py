@@ -48,3 +48,24 @@ def test_a_batch_without_answers_adds_zero_loss_not_nan():
     ds = torch.nn.Linear(model.config.text_config.hidden_size, model.config.text_config.vocab_size)
     loss, parts = losses(model, ds, b, args, head)
     assert torch.isfinite(loss) and parts["lm"] == 0.0 and parts["cell"] > 0
+
+
+def test_color_att_adds_one_target_per_described_colour_word_on_that_objects_cell():
+    """With color_att, every described object's colour word attends to the same cell as its opening `a`; without it
+    the batch is what earlier stages trained on (same draws, same targets)."""
+    from backends.tiny.batches import image_batch
+
+    voc = Vocab(arch.build_tokenizer())
+    colors = {voc.tok.convert_tokens_to_ids(c) for c in ("red", "green", "blue", "yellow", "purple", "orange")}
+    only = {"describe": 1.0, **{k: 0.0 for k in ("color", "shape_at", "count", "total", "exists")}}
+    plain = image_batch(np.random.default_rng(3), voc, 4, turns=(1, 1), weights=only)
+    both = image_batch(np.random.default_rng(3), voc, 4, turns=(1, 1), weights=only, color_att=True)
+    assert torch.equal(plain["input_ids"], both["input_ids"])
+    a_tok = voc.a("a")
+    opens = [(r, c) for r, c in zip(plain["at_rows"].tolist(), plain["at_cols"].tolist())]
+    assert all(int(plain["input_ids"][r, c]) == a_tok for r, c in opens)
+    extra = {(r, c): m for r, c, m in zip(both["at_rows"].tolist(), both["at_cols"].tolist(), both["at_mask"])
+             if (r, c) not in opens}
+    assert len(extra) == len(opens) and all(int(both["input_ids"][r, c]) in colors for r, c in extra)
+    masks = dict(zip(opens, plain["at_mask"]))
+    assert all(torch.equal(m, masks[(r, c - 1)]) for (r, c), m in extra.items())  # the object's own cell

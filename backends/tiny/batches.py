@@ -63,8 +63,8 @@ def content_index(qi: list[int], kind: str, pos_ids: dict[int, int]) -> int:
 class Builder:
     """Accumulates sequences and their aux targets, then pads them into one batch."""
 
-    def __init__(self, voc: Vocab):
-        self.voc = voc
+    def __init__(self, voc: Vocab, color_att: bool = False):
+        self.voc, self.color_att = voc, color_att
         self.seqs, self.labels, self.ds, self.att, self.turns, self.cells = [], [], [], [], [], []
 
     def add(self, ids: list[int], lab: list[int], qas: list[dict], frame_slots: list[np.ndarray], cells_fn):
@@ -100,6 +100,8 @@ class Builder:
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
                 for j, c in zip([j for j, t in enumerate(ans) if t == voc.a("a")], q["cells"]):
                     targets.append((a0 + j, 0, c, 0, 1))  # 'a' predicts the colour: its query should find the object
+                    if self.color_att:  # the colour word predicts the shape: the same object, read again
+                        targets.append((a0 + j + 1, 0, c, 0, 1))
             for qpos, f, cell, head, layer in targets:
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
@@ -144,10 +146,11 @@ def _annotate(objs, q: dict) -> dict:
     return q
 
 
-def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None) -> dict:
-    """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS).
-    pixel_values [n_img, 3, 128, 128]."""
-    b, pix = Builder(voc), []
+def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None,
+                color_att: bool = False) -> dict:
+    """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS); with
+    `color_att` each described object's colour word gets an attention target too. pixel_values [n_img, 3, 128, 128]."""
+    b, pix = Builder(voc, color_att), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
         objs = sample_scene(rng)

@@ -96,6 +96,8 @@ def parse_args(argv):
                    help="share of direction among video questions (default batches.VIDEO_WEIGHTS)")
     p.add_argument("--image-weights", default=None, metavar="KIND=W,...",
                    help="override some of batches.IMAGE_WEIGHTS (the image question mix), e.g. count=0.2,describe=0.45")
+    p.add_argument("--att-color", action="store_true",
+                   help="the attention aux also on each described object's colour word (it predicts the shape)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     p.add_argument("--record", default="training_v2.json", help="the run's record, written into --out")
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         # doubled the cost); gradients accumulate, clips weighted 1/clips so video counts like one batch.
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        work = [("img", image_batch(rng, voc, args.images, weights=img_w), 1.0)]
+        work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
