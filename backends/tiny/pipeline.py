@@ -15,38 +15,61 @@ from pathlib import Path
 
 from .train_v2 import main
 
-# Stage 3: the same trainer, continued from stage 2's model with direction questions at 60% of the video questions
-# and the start/end cell aux on (stage 2 left direction at its constant-answer rate; this taught it).
+# The stages after 2: the same trainer, each continuing the previous stage's model (records training_v<k>.json).
+# Stage 3: direction questions at 60% of the video questions and the start/end cell aux on (stage 2 left direction at
+# its constant-answer rate; this taught it).
 STAGE3 = ["--steps", "1200", "--clips", "6", "--lr", "5e-4", "--warmup", "50", "--dir-weight", "0.6",
           "--w-cell", "0.5", "--eval-every", "200", "--record", "training_v3.json"]
+# Stage 4: a lower rate, the image mix tilted to counts and descriptions (stage 3 had let count slip).
+STAGE4 = ["--steps", "1000", "--clips", "4", "--lr", "3e-4", "--warmup", "50", "--dir-weight", "0.5",
+          "--w-cell", "0.5", "--image-weights", "count=0.2,describe=0.45", "--eval-every", "200",
+          "--record", "training_v4.json"]
+# Stage 5: as stage 4, more counts, and the attention aux on each described object's colour word too (description
+# errors were binding errors: the right cells, another object's shape).
+STAGE5 = ["--steps", "1000", "--clips", "4", "--lr", "3e-4", "--warmup", "50", "--dir-weight", "0.5",
+          "--w-cell", "0.5", "--image-weights", "count=0.25,describe=0.45", "--att-color", "--eval-every", "200",
+          "--record", "training_v5.json"]
+LATER = {3: STAGE3, 4: STAGE4, 5: STAGE5}
 
 
 def pipeline(argv: list[str] | None = None) -> int:
     """`python app.py train-tiny`: the shipped model from one command. Without --init, stage 1 (v1 from scratch,
     `train.py`'s recipe, ~65 min on one thread) writes <out>-v1 first; stage 2 (this module) grows it into v2 in
-    <out>-v2a (skipped with --stage2 DIR); stage 3 (this module again, STAGE3's options) continues it into <out>."""
+    <out>-v2a; stages 3.. (this module again, LATER's options) continue it, each into <out>-v<k>, the last into
+    <out>. `--from DIR --stage K` starts after stage K from its folder (`--stage2 DIR` = `--from DIR --stage 2`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python app.py train-tiny", description=pipeline.__doc__.split("\n")[0])
     p.add_argument("--out", default="assets/tiny-llava-shapes")
     p.add_argument("--init", default=None, help="an existing v1 folder: skip stage 1")
     p.add_argument("--stage2", default=None, help="an existing stage-2 folder: skip stages 1 and 2")
+    p.add_argument("--from", dest="start", default=None, help="an existing folder of stage --stage: continue after it")
+    p.add_argument("--stage", type=int, default=None, help="the stage --from's folder holds (2..)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="stages 2 and 3 (the shipped runs used 2; stage 1 uses 1, "
+    p.add_argument("--threads", type=int, default=2, help="stages 2.. (the shipped runs used 2; stage 1 uses 1, "
                    "as its shipped run did: results depend on the thread count)")
-    p.add_argument("--resume", action="store_true", help="stages 2 and 3 continue from their checkpoints")
+    p.add_argument("--resume", action="store_true", help="stages 2.. continue from their checkpoints")
     known, rest = p.parse_known_args(argv)
     common = ["--seed", str(known.seed), "--threads", str(known.threads)] + (["--resume"] if known.resume else [])
-    stage2 = known.stage2
-    if stage2 is None:
+    done, prev = (2, known.stage2) if known.stage2 else (known.stage, known.start)
+    if (prev is None) != (done is None) or (done is not None and not 2 <= done <= max(LATER)):
+        p.error(f"--from needs --stage (2..{max(LATER)}), and --stage needs --from")
+    base = str(known.out).rstrip("/")
+    if prev is None:
         init = known.init
         if init is None:
             from .train import main as stage1
 
-            init = str(known.out).rstrip("/") + "-v1"
+            init = base + "-v1"
             stage1(["--out", init, "--seed", str(known.seed), "--threads", "1"])
-        stage2 = str(known.out).rstrip("/") + "-v2a"
-        main(["--init", init, "--out", stage2, *common, *rest])
-    main(["--init", stage2, "--out", known.out, *common, *STAGE3])
-    if (Path(stage2) / "training_v2.json").exists():  # both records beside the weights
-        (Path(known.out) / "training_v2.json").write_text((Path(stage2) / "training_v2.json").read_text())
+        prev, done = base + "-v2a", 2
+        main(["--init", init, "--out", prev, *common, *rest])
+    folders = [prev]
+    for k in range(done + 1, max(LATER) + 1):
+        out = known.out if k == max(LATER) else f"{base}-v{k}"
+        main(["--init", prev, "--out", out, *common, *LATER[k]])
+        prev = out
+        folders.append(out)
+    for f in folders[:-1]:  # every stage's record beside the shipped weights
+        for rec in Path(f).glob("training_v*.json"):
+            (Path(known.out) / rec.name).write_text(rec.read_text())
     return 0
