@@ -1,8 +1,8 @@
-"""Stage 2 of the built-in model (v2): grow v1 into long answers, conversations and video.
+"""Stages 2-5 of the built-in model (v2): grow v1 into long answers, conversations and video, then refine it.
 
-    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stage 1 (v1, from scratch), 2 and 3
+    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stages 1 (v1, from scratch) to 5
     python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
-    python -m backends.tiny.train_v2 --init V2A_DIR --out DIR <STAGE3>    # stage 3 (pipeline.STAGE3) from stage 2
+    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..5 (pipeline.LATER[K])
 
 Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
 v1's, new output rows N(0, 0.02)) and keeps the architecture (64 visual tokens per image, CLS, 8 decoder layers).
@@ -14,9 +14,10 @@ an attention loss from the content token (and from each described object's openi
 the cell it is about (`--w-att`; head 0 in the first frame, head 1 in the last, so a direction question reads where
 its object starts and ends from two heads; decoder layer 0 where the token alone poses the query, layer 1 where it
 needs the tokens before it: the colour of "the blue square", the previous object of a description). Stage 3 adds a
-third (`--w-cell`): the shape word of a direction question names its object's start and end cells. A checkpoint
-for `--resume` and the model (to --out) are written at every evaluation; the result is the last step's model.
-Deterministic for a seed and thread count.
+third (`--w-cell`): the shape word of a direction question names its object's start and end cells. Stages 4-5
+reweight the image question mix (`--image-weights`) and put the attention aux on each described object's colour word
+too (`--att-color`). A checkpoint for `--resume` and the model (to --out) are written at every evaluation; the result
+is the last step's model. Deterministic for a seed and thread count.
 """
 
 from __future__ import annotations
