@@ -69,3 +69,19 @@ def test_color_att_adds_one_target_per_described_colour_word_on_that_objects_cel
     assert len(extra) == len(opens) and all(int(both["input_ids"][r, c]) in colors for r, c in extra)
     masks = dict(zip(opens, plain["at_mask"]))
     assert all(torch.equal(m, masks[(r, c - 1)]) for (r, c), m in extra.items())  # the object's own cell
+
+
+def test_max_describe_lets_a_conversation_ask_for_the_description_again_in_other_words():
+    """Users ask twice ("describe the image", later "list the shapes"): with max_describe=3 a describe-only mix gives
+    three differently worded descriptions per 3-turn conversation, each with the same answer; the default keeps one."""
+    from backends.tiny.batches import sample_image_turns
+    from backends.tiny.scenes import DESCRIBE_PROMPTS, sample_scene
+
+    only = {"describe": 1.0, **{k: 0.0 for k in ("color", "shape_at", "count", "total", "exists")}}
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        objs = sample_scene(rng)
+        three = sample_image_turns(objs, rng, 3, only, max_describe=3)
+        assert sorted(q["question"] for q in three) == sorted(DESCRIBE_PROMPTS)
+        assert len({q["answer"] for q in three}) == 1
+        assert len(sample_image_turns(objs, rng, 3, only)) == 1

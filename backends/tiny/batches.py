@@ -35,8 +35,9 @@ def cell_of_tokens(side: int) -> np.ndarray:
                      for c in range(side)])
 
 
-def sample_image_turns(objs, rng, n: int, weights: dict | None = None) -> list[dict]:
-    """n distinct turns about one scene; at most one description. Kinds drawn by `weights` (default IMAGE_WEIGHTS)."""
+def sample_image_turns(objs, rng, n: int, weights: dict | None = None, max_describe: int = 1) -> list[dict]:
+    """n distinct turns about one scene, at most `max_describe` descriptions (each worded differently). Kinds drawn
+    by `weights` (default IMAGE_WEIGHTS)."""
     w = np.array([(weights or IMAGE_WEIGHTS)[k] for k in IMAGE_KINDS])
     out, seen = [], set()
     for _ in range(20 * n):
@@ -44,7 +45,8 @@ def sample_image_turns(objs, rng, n: int, weights: dict | None = None) -> list[d
             break
         kind = IMAGE_KINDS[int(rng.choice(len(IMAGE_KINDS), p=w / w.sum()))]
         q = make_question(objs, kind, rng)
-        if q is None or q["question"] in seen or (kind == "describe" and any(t["kind"] == "describe" for t in out)):
+        told = sum(t["kind"] == "describe" for t in out)
+        if q is None or q["question"] in seen or (kind == "describe" and told >= max_describe):
             continue
         seen.add(q["question"])
         out.append(q)
@@ -147,16 +149,17 @@ def _annotate(objs, q: dict) -> dict:
 
 
 def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None,
-                color_att: bool = False) -> dict:
-    """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS); with
-    `color_att` each described object's colour word gets an attention target too. pixel_values [n_img, 3, 128, 128]."""
+                color_att: bool = False, max_describe: int = 1) -> dict:
+    """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS; at most
+    `max_describe` descriptions); with `color_att` each described object's colour word gets an attention target too.
+    pixel_values [n_img, 3, 128, 128]."""
     b, pix = Builder(voc, color_att), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
         objs = sample_scene(rng)
         pix.append(pixels(render(objs, rng)))
         qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(turns[0], turns[1] + 1)),
-                                                                    weights)]
+                                                                    weights, max_describe)]
         b.add([voc.bos] + [voc.img] * n_tok ** 2, [-100] * (1 + n_tok ** 2), qas, [np.arange(1, 1 + n_tok ** 2)],
               lambda f: PCELL)
     out = b.tensors()

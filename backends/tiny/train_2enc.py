@@ -61,14 +61,16 @@ def obj_cells(objs) -> np.ndarray:
     return out
 
 
-def image_batch(rng, voc: Vocab, n_img: int) -> dict:
-    """batches.image_batch's conversations, also returning each scene's per-cell objects (`cells` [n_img, 9])."""
+def image_batch(rng, voc: Vocab, n_img: int, max_describe: int = 1) -> dict:
+    """batches.image_batch's conversations (at most `max_describe` descriptions each), also returning each scene's
+    per-cell objects (`cells` [n_img, 9])."""
     b, pix, cells = Builder(voc), [], []
     for _ in range(n_img):
         objs = sample_scene(rng)
         pix.append(pixels(render(objs, rng)))
         cells.append(obj_cells(objs))
-        qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(1, 6)))]
+        qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(1, 6)),
+                                                                      max_describe=max_describe)]
         b.add([voc.bos] + [voc.img] * N_CLIP, [-100] * (1 + N_CLIP), qas, [np.arange(1, 1 + N_CLIP)], lambda f: PCELL)
     out = b.tensors()
     out.update(pixel_values=torch.from_numpy(np.stack(pix)), sides=[8] * n_img, frames=[1] * n_img,
@@ -192,6 +194,8 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--w-aux", type=float, default=1.0, help="per-cell aux losses on the conv tokens")
     p.add_argument("--w-kl", type=float, default=1.0, help="KL to the base model's answers")
+    p.add_argument("--max-describe", type=int, default=1,
+                   help="descriptions per conversation (worded differently): a user may ask twice")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--check-images", type=int, default=200, help="check-set image conversations (multiple of 25)")
     p.add_argument("--check-clips", type=int, default=40, help="check-set clips (multiple of 10)")
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             g["lr"] = lr * g["scale"]
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        work = [("img", image_batch(rng, voc, args.images), 1.0)]
+        work = [("img", image_batch(rng, voc, args.images, args.max_describe), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, side=8, frames=(4, 8)), 1.0 / max(1, args.clips))
                  for _ in range(args.clips)]
         for name, nb, w in work:

@@ -1,8 +1,8 @@
-"""Stages 2-5 of the built-in model (v2): grow v1 into long answers, conversations and video, then refine it.
+"""Stages 2-7 of the built-in model (v2): grow v1 into long answers, conversations and video, then refine it.
 
-    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stages 1 (v1, from scratch) to 5
+    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stages 1 (v1, from scratch) to 7
     python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
-    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..5 (pipeline.LATER[K])
+    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..7 (pipeline.LATER[K])
 
 Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
 v1's, new output rows N(0, 0.02)) and keeps the architecture (64 visual tokens per image, CLS, 8 decoder layers).
@@ -16,7 +16,8 @@ its object starts and ends from two heads; decoder layer 0 where the token alone
 needs the tokens before it: the colour of "the blue square", the previous object of a description). Stage 3 adds a
 third (`--w-cell`): the shape word of a direction question names its object's start and end cells. Stages 4-5
 reweight the image question mix (`--image-weights`) and put the attention aux on each described object's colour word
-too (`--att-color`). A checkpoint for `--resume` and the model (to --out) are written at every evaluation; the result
+too (`--att-color`); stages 6-7 let a conversation ask for the description again (`--max-describe`). A
+checkpoint for `--resume` and the model (to --out) are written at every evaluation; the result
 is the last step's model. Deterministic for a seed and thread count.
 """
 
@@ -99,6 +100,8 @@ def parse_args(argv):
                    help="override some of batches.IMAGE_WEIGHTS (the image question mix), e.g. count=0.2,describe=0.45")
     p.add_argument("--att-color", action="store_true",
                    help="the attention aux also on each described object's colour word (it predicts the shape)")
+    p.add_argument("--max-describe", type=int, default=1,
+                   help="descriptions per conversation (worded differently): a user may ask twice")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     p.add_argument("--record", default="training_v2.json", help="the run's record, written into --out")
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         # doubled the cost); gradients accumulate, clips weighted 1/clips so video counts like one batch.
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color), 1.0)]
+        work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color,
+                                    max_describe=args.max_describe), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
