@@ -45,8 +45,8 @@ def sample_image_turns(objs, rng, n: int, weights: dict | None = None, max_descr
             break
         kind = IMAGE_KINDS[int(rng.choice(len(IMAGE_KINDS), p=w / w.sum()))]
         q = make_question(objs, kind, rng)
-        told = sum(t["kind"] == "describe" for t in out)
-        if q is None or q["question"] in seen or (kind == "describe" and told >= max_describe):
+        if q is None or q["question"] in seen or (
+                kind == "describe" and sum(t["kind"] == "describe" for t in out) >= max_describe):
             continue
         seen.add(q["question"])
         out.append(q)

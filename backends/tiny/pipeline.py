@@ -15,30 +15,30 @@ from pathlib import Path
 
 from .train_v2 import main
 
-# The stages after 2: the same trainer, each continuing the previous stage's model (records training_v<k>.json).
+
+def argv(opts: dict) -> list[str]:
+    """train_v2 arguments from {flag: value}; True stands for a bare flag."""
+    return [x for k, v in opts.items() for x in ([f"--{k}"] if v is True else [f"--{k}", str(v)])]
+
+
+# The stages after 2: the same trainer, each continuing the previous stage's model (records training_v<k>.json); each
+# stage's options are the previous stage's with the changes named.
 # Stage 3: direction questions at 60% of the video questions and the start/end cell aux on (stage 2 left direction at
 # its constant-answer rate; this taught it).
-STAGE3 = ["--steps", "1200", "--clips", "6", "--lr", "5e-4", "--warmup", "50", "--dir-weight", "0.6",
-          "--w-cell", "0.5", "--eval-every", "200", "--record", "training_v3.json"]
+STAGE3 = {"steps": 1200, "clips": 6, "lr": "5e-4", "warmup": 50, "dir-weight": 0.6, "w-cell": 0.5, "eval-every": 200,
+          "record": "training_v3.json"}
 # Stage 4: a lower rate, the image mix tilted to counts and descriptions (stage 3 had let count slip).
-STAGE4 = ["--steps", "1000", "--clips", "4", "--lr", "3e-4", "--warmup", "50", "--dir-weight", "0.5",
-          "--w-cell", "0.5", "--image-weights", "count=0.2,describe=0.45", "--eval-every", "200",
-          "--record", "training_v4.json"]
-# Stage 5: as stage 4, more counts, and the attention aux on each described object's colour word too (description
-# errors were binding errors: the right cells, another object's shape).
-STAGE5 = ["--steps", "1000", "--clips", "4", "--lr", "3e-4", "--warmup", "50", "--dir-weight", "0.5",
-          "--w-cell", "0.5", "--image-weights", "count=0.25,describe=0.45", "--att-color", "--eval-every", "200",
-          "--record", "training_v5.json"]
-# Stage 6: as stage 5, more counts, and a conversation may ask for the description again in other words (held-out
-# conversations do; a second description had never been trained and dropped objects).
-STAGE6 = ["--steps", "1000", "--clips", "4", "--lr", "3e-4", "--warmup", "50", "--dir-weight", "0.5",
-          "--w-cell", "0.5", "--image-weights", "count=0.3,describe=0.45", "--att-color", "--max-describe", "3",
-          "--eval-every", "200", "--record", "training_v6.json"]
-# Stage 7: stage 6's mix at half the rate, shorter (an anneal: stage 6 ended with the check set still climbing).
-STAGE7 = ["--steps", "600", "--clips", "4", "--lr", "1.5e-4", "--warmup", "20", "--dir-weight", "0.5",
-          "--w-cell", "0.5", "--image-weights", "count=0.3,describe=0.45", "--att-color", "--max-describe", "3",
-          "--eval-every", "200", "--record", "training_v7.json"]
-LATER = {3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6, 7: STAGE7}
+STAGE4 = {**STAGE3, "steps": 1000, "clips": 4, "lr": "3e-4", "dir-weight": 0.5,
+          "image-weights": "count=0.2,describe=0.45", "record": "training_v4.json"}
+# Stage 5: more counts, and the attention aux on each described object's colour word too (description errors were
+# binding errors: the right cells, another object's shape).
+STAGE5 = {**STAGE4, "image-weights": "count=0.25,describe=0.45", "att-color": True, "record": "training_v5.json"}
+# Stage 6: more counts, and a conversation may ask for the description again in other words (held-out conversations
+# do; a second description had never been trained and dropped objects).
+STAGE6 = {**STAGE5, "image-weights": "count=0.3,describe=0.45", "max-describe": 3, "record": "training_v6.json"}
+# Stage 7: stage 6 at half the rate, shorter (an anneal: stage 6 ended with the check set still climbing).
+STAGE7 = {**STAGE6, "steps": 600, "lr": "1.5e-4", "warmup": 20, "record": "training_v7.json"}
+LATER = {k: argv(opts) for k, opts in {3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6, 7: STAGE7}.items()}
 
 
 def pipeline(argv: list[str] | None = None) -> int:
