@@ -1,5 +1,6 @@
-"""Stage-2 training batches: the start/end cell targets of direction questions follow the clip (the answer's move),
-sit on the question's shape word, and a clip with no askable question adds no NaN to the loss."""
+"""v2 training batches: the start/end cell targets of direction questions follow the clip (the answer's move),
+sit on the question's shape word, and a clip with no askable question adds no NaN to the loss; resized training
+images equal the processor's output for that upload; the vision tower gets gradients only when it is trained."""
 
 from __future__ import annotations
 
@@ -85,3 +86,76 @@ def test_max_describe_lets_a_conversation_ask_for_the_description_again_in_other
         assert sorted(q["question"] for q in three) == sorted(DESCRIBE_PROMPTS)
         assert len({q["answer"] for q in three}) == 1
         assert len(sample_image_turns(objs, rng, 3, only)) == 1
+
+
+def test_resized_training_images_are_exactly_what_the_processor_makes_of_that_upload():
+    from PIL import Image
+
+    from backends.tiny.render_train import render, resized
+    from backends.tiny.scenes import sample_scene
+    from backends.tiny.train import pixels
+
+    proc = arch.build_processor()
+    objs = sample_scene(np.random.default_rng(3), 4)
+    for seed in range(4):
+        got = resized(objs, np.random.default_rng(seed))
+        r = np.random.default_rng(seed)
+        side = int(r.integers(80, 321))
+        upload = Image.fromarray(render(objs, r, side))  # the same draw, as a user's upload of that size
+        want = proc.image_processor(images=upload, return_tensors="np")["pixel_values"][0]
+        assert got.shape == (128, 128, 3) and np.array_equal(pixels(got), want)
+
+
+def test_tower_gets_gradients_only_when_asked():
+    tok = arch.build_tokenizer()
+    voc = Vocab(tok)
+    model = arch.build_model(tok, seed=0)
+    args = argparse.Namespace(w_ds=0.0, w_att=0.0, w_cell=0.0)
+    ds = torch.nn.Linear(model.config.text_config.hidden_size, model.config.text_config.vocab_size)
+    tower = model.model.vision_tower
+    from backends.tiny.batches import image_batch
+
+    b = image_batch(np.random.default_rng(0), voc, 2, resize_aug=1.0)
+    for trainable in (False, True):
+        model.zero_grad(set_to_none=True)
+        for p in tower.parameters():
+            p.requires_grad_(trainable)
+        losses(model, ds, b, args)[0].backward()
+        grads = [p.grad for p in tower.parameters()]
+        assert all((g is not None and g.abs().sum() > 0) if trainable else g is None for g in grads[:4])
+        assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+
+
+def test_kind_loss_weights_only_the_named_kinds_answers():
+    from backends.tiny.batches import image_batch
+    from backends.tiny.losses_v2 import weighted_lm_loss
+    from backends.tiny.train import lm_loss
+
+    voc = Vocab(arch.build_tokenizer())
+    b = image_batch(np.random.default_rng(1), voc, 6, turns=(3, 3))
+    logits = torch.randn(*b["input_ids"].shape, arch.VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    plain = lm_loss(logits, b["labels"])
+    assert torch.allclose(weighted_lm_loss(logits, b, {}), plain)
+    assert torch.allclose(weighted_lm_loss(logits, b, {"no_such_kind": 5.0}), plain)
+    kinds = {k for spans in b["turns"] for _, _, k in spans}
+    kind = sorted(kinds)[0]
+    # Weight 3 on one kind = that kind's tokens counted three times in a plain mean.
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten(),
+                                           ignore_index=-100, reduction="none").view(len(b["turns"]), -1)
+    tot, n = 0.0, 0
+    for i, spans in enumerate(b["turns"]):
+        for a, e, k in spans:
+            m = 3 if k == kind else 1
+            tot, n = tot + m * ce[i, a - 1:e - 1].sum(), n + m * (e - a)
+    assert torch.allclose(weighted_lm_loss(logits, b, {kind: 3.0}), tot / n)
+
+
+def test_same_color_scenes_have_two_to_four_objects_in_at_most_two_colours_and_off_changes_nothing():
+    from backends.tiny.batches import train_scene
+    from backends.tiny.scenes import sample_scene
+
+    scenes = [train_scene(np.random.default_rng(i), 1.0) for i in range(200)]
+    assert all(2 <= len(s) <= 4 and len({o.color for o in s}) <= 2 for s in scenes)
+    assert {len({o.color for o in s}) for s in scenes} == {1, 2}
+    for i in range(20):  # off: exactly the spec's sampler, draw for draw
+        assert train_scene(np.random.default_rng(i)) == sample_scene(np.random.default_rng(i))

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from . import arch
+from .arch import COLORS
 from .clips import VIDEO_KINDS, sample_clip, sample_video_questions
-from .render_train import render
+from .render_train import render, resized
 from .scenes import KINDS, make_question, sample_scene
 from .train import PCELL, Vocab, pixels
 
@@ -148,16 +149,29 @@ def _annotate(objs, q: dict) -> dict:
     return q
 
 
+def train_scene(rng, same_color: float = 0.0):
+    """A training scene: the spec's (sample_scene), or with probability `same_color` 2-4 objects in one or two
+    colours: counts of two to four, rare when each object's colour is one of six, are where count answers failed."""
+    if same_color > 0 and rng.random() < same_color:  # no draw when off: runs without it see the batches they saw
+        palette = [COLORS[int(i)] for i in rng.choice(6, size=int(rng.integers(1, 3)), replace=False)]
+        return sample_scene(rng, int(rng.integers(2, 5)), palette)
+    return sample_scene(rng)
+
+
 def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None,
-                color_att: bool = False, max_describe: int = 1) -> dict:
+                color_att: bool = False, max_describe: int = 1, resize_aug: float = 0.0,
+                same_color: float = 0.0) -> dict:
     """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS; at most
-    `max_describe` descriptions); with `color_att` each described object's colour word gets an attention target too.
+    `max_describe` descriptions); with `color_att` each described object's colour word gets an attention target too;
+    a share `resize_aug` of the scenes is drawn at another size and resized to 128 px (render_train.resized), a
+    share `same_color` has 2-4 objects in one or two colours.
     pixel_values [n_img, 3, 128, 128]."""
     b, pix = Builder(voc, color_att), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
-        objs = sample_scene(rng)
-        pix.append(pixels(render(objs, rng)))
+        objs = train_scene(rng, same_color)
+        # The draw only when the option is on, so runs without it see the same batches as before it existed.
+        pix.append(pixels(resized(objs, rng) if resize_aug > 0 and rng.random() < resize_aug else render(objs, rng)))
         qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(turns[0], turns[1] + 1)),
                                                                     weights, max_describe)]
         b.add([voc.bos] + [voc.img] * n_tok ** 2, [-100] * (1 + n_tok ** 2), qas, [np.arange(1, 1 + n_tok ** 2)],

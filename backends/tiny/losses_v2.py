@@ -33,8 +33,10 @@ def grow(model, vocab: int, seed: int):
 
 
 def visual_features(model, pixel_values, sides, frames):
-    """Frozen tower -> per-frame average pooling to side x side -> projector. Returns [sum_f side_f^2, D]."""
-    with torch.no_grad():
+    """Tower -> per-frame average pooling to side x side -> projector. Returns [sum_f side_f^2, D]. The tower gets
+    gradients only when its parameters ask for them (train_v2 --tower-lr-frac)."""
+    tower = model.model.vision_tower
+    with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
         hs = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
     n = int(math.isqrt(hs.shape[1]))
     out, f0 = [], 0
@@ -95,12 +97,29 @@ def attention_loss_at(model, emb, b, layer: int):
     return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6).mean()
 
 
+def weighted_lm_loss(logits, b, kind_w: dict[str, float]) -> torch.Tensor:
+    """The LM loss with each turn's answer tokens (and its </s>) weighted by its kind (default 1): a weighted mean over
+    the answer tokens. logits [B, L, V]; b["turns"][i] = [(start, end, kind), ...] spans of answer positions."""
+    labels = b["labels"]
+    w = torch.ones(labels.shape, dtype=logits.dtype)
+    for i, spans in enumerate(b["turns"]):
+        for a, e, kind in spans:
+            w[i, a:e] = kind_w.get(kind, 1.0)
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="none")
+    w = w[:, 1:].flatten() * (labels[:, 1:].flatten() != -100)
+    return (ce * w).sum() / w.sum()
+
+
 def losses(model, ds_head, b, args, cell_head=None) -> tuple[torch.Tensor, dict]:
     """LM loss on answers + the content-token (ds), start/end cell and attention aux losses of one batch."""
     hidden, logits, mid = forward(model, b, 2 if args.w_ds > 0 or args.w_cell > 0 else None)
     # A clip can end up with no askable question (a direction-heavy mix, no object unique by colour and shape): no
     # answer tokens, and a mean over none would be NaN.
-    loss = lm_loss(logits, b["labels"]) if bool((b["labels"] != -100).any()) else logits.sum() * 0.0
+    kind_w = getattr(args, "kind_loss_w", None)
+    if not bool((b["labels"] != -100).any()):
+        loss = logits.sum() * 0.0
+    else:
+        loss = weighted_lm_loss(logits, b, kind_w) if kind_w else lm_loss(logits, b["labels"])
     parts = {"lm": loss.item()}
     if args.w_cell > 0 and len(b["cell_rows"]):
         # The shape word of a direction question names its object's start and end cells (two 9-way heads): the two

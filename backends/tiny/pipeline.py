@@ -36,8 +36,12 @@ STAGE5 = {**STAGE4, "image-weights": "count=0.25,describe=0.45", "att-color": Tr
 # Stage 6: more counts, and a conversation may ask for the description again in other words (held-out conversations
 # do; a second description had never been trained and dropped objects).
 STAGE6 = {**STAGE5, "image-weights": "count=0.3,describe=0.45", "max-describe": 3, "record": "training_v6.json"}
-# Stage 7: stage 6 at half the rate, shorter (an anneal: stage 6 ended with the check set still climbing).
-STAGE7 = {**STAGE6, "steps": 600, "lr": "1.5e-4", "warmup": 20, "record": "training_v7.json"}
+# Stage 7: stage 6 at half the rate, shorter (an anneal: stage 6 ended with the check set still climbing), with the
+# count errors' three remedies: half the images drawn at 80-320 px and resized as uploads are, count (and total)
+# answers weighted 6x (2x) in the LM loss, half the scenes in one or two colours (counts of two and more). One thread
+# (its shipped run's; results depend on the thread count), so `--threads` does not apply to it.
+STAGE7 = {**STAGE6, "steps": 600, "lr": "1.5e-4", "warmup": 20, "eval-every": 100, "resize-aug": 0.5,
+          "kind-loss": "count=6,total=2", "same-color": 0.5, "threads": 1, "record": "training_v7.json"}
 LATER = {k: argv(opts) for k, opts in {3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6, 7: STAGE7}.items()}
 
 
@@ -54,10 +58,11 @@ def pipeline(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="start", default=None, help="an existing folder of stage --stage: continue after it")
     p.add_argument("--stage", type=int, default=None, help="the stage --from's folder holds (2..)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="stages 2.. (the shipped runs used 2; stage 1 uses 1, "
-                   "as its shipped run did: results depend on the thread count)")
+    p.add_argument("--threads", type=int, default=2, help="stages 2-6 (the shipped runs used 2; stages 1 and 7 use 1, "
+                   "as their shipped runs did: results depend on the thread count)")
     p.add_argument("--resume", action="store_true", help="stages 2.. continue from their checkpoints")
     known, rest = p.parse_known_args(argv)
+    # A stage's own --threads (stage 7) comes after these, and argparse keeps the last.
     common = ["--seed", str(known.seed), "--threads", str(known.threads)] + (["--resume"] if known.resume else [])
     done, prev = (2, known.stage2) if known.stage2 else (known.stage, known.start)
     if (prev is None) != (done is None) or (done is not None and not 2 <= done <= max(LATER)):

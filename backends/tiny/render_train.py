@@ -2,12 +2,14 @@
 
 Style (its own, independent of `render_eval`): background grey U(215, 255) with a per-channel tint of +-6,
 per-object colour jitter of +-25 per channel, anti-aliasing by 2x2 supersampling in 70% of images (hard edges
-otherwise), Gaussian pixel noise (none in 40% of images, else sigma ~ U(0, 12)).
+otherwise), Gaussian pixel noise (none in 40% of images, else sigma ~ U(0, 12)). `resized` draws a scene at another
+size and resizes it to 128 px the way the app's processor does (PIL bicubic), as uploads of any size arrive.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from .scenes import RGB, Obj
 
@@ -50,3 +52,11 @@ def render(objs: list[Obj], rng: np.random.Generator, size: int = SIZE) -> np.nd
     if rng.random() >= 0.4:
         img = img + rng.normal(0.0, rng.uniform(0, 12), size=img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def resized(objs: list[Obj], rng: np.random.Generator, lo: int = 80, hi: int = 320, size: int = SIZE) -> np.ndarray:
+    """The scene rendered at a random side in [lo, hi] px, then resized to `size` with PIL bicubic: exactly the
+    processor's resize (checked in tests), so training sees the blur of small uploads and the aliasing of large ones."""
+    side = int(rng.integers(lo, hi + 1))
+    im = Image.fromarray(render(objs, rng, side))
+    return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))

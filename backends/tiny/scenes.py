@@ -51,15 +51,18 @@ class Obj:
         return dict(cell=self.cell, shape=self.shape, color=self.color, size=self.size, cx=self.cx, cy=self.cy)
 
 
-def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> list[Obj]:
-    """1-4 objects (uniform count unless `n_objects` is given) in distinct random cells."""
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None, colors: list[str] | None = None) -> list[Obj]:
+    """1-4 objects (uniform count unless `n_objects` is given) in distinct random cells, colours drawn from `colors`
+    (default all six)."""
+    palette = colors or COLORS
     n = int(rng.integers(1, 5)) if n_objects is None else int(n_objects)
     cells = rng.choice(9, size=n, replace=False)
     objs = []
     for c in sorted(int(x) for x in cells):
         size = float(rng.uniform(0.40, 0.85))
         lo, hi = size / 2, 1 - size / 2
-        objs.append(Obj(cell=c, shape=SHAPES[int(rng.integers(3))], color=COLORS[int(rng.integers(6))], size=size,
+        objs.append(Obj(cell=c, shape=SHAPES[int(rng.integers(3))], color=palette[int(rng.integers(len(palette)))],
+                        size=size,
                         cx=float(rng.uniform(lo, hi)), cy=float(rng.uniform(lo, hi))))
     return objs
 

@@ -16,8 +16,10 @@ its object starts and ends from two heads; decoder layer 0 where the token alone
 needs the tokens before it: the colour of "the blue square", the previous object of a description). Stage 3 adds a
 third (`--w-cell`): the shape word of a direction question names its object's start and end cells. Stages 4-5
 reweight the image question mix (`--image-weights`) and put the attention aux on each described object's colour word
-too (`--att-color`); stages 6-7 let a conversation ask for the description again (`--max-describe`). A
-checkpoint for `--resume` and the model (to --out) are written at every evaluation; the result
+too (`--att-color`); stages 6-7 let a conversation ask for the description again (`--max-describe`). Options no
+stage before 7 used: `--resize-aug` (images drawn at 80-320 px and resized as uploads are), `--kind-loss` (weight one
+kind's answers in the LM loss), `--same-color` (scenes in one or two colours), `--tower-lr-frac` (train the vision
+tower too). A checkpoint for `--resume` and the model (to --out) are written at every evaluation; the result
 is the last step's model. Deterministic for a seed and thread count.
 """
 
@@ -102,6 +104,15 @@ def parse_args(argv):
                    help="the attention aux also on each described object's colour word (it predicts the shape)")
     p.add_argument("--max-describe", type=int, default=1,
                    help="descriptions per conversation (worded differently): a user may ask twice")
+    p.add_argument("--resize-aug", type=float, default=0.0,
+                   help="share of training images drawn at another size (80-320 px) and resized to 128 as uploads are")
+    p.add_argument("--same-color", type=float, default=0.0,
+                   help="share of training scenes with 2-4 objects in one or two colours (counts of two and more)")
+    p.add_argument("--kind-loss", default=None, metavar="KIND=W,...",
+                   help="weight the LM loss of these kinds' answers (default 1 each), e.g. count=3: a one-word answer "
+                        "is 2 of the ~28 answer tokens a description brings")
+    p.add_argument("--tower-lr-frac", type=float, default=0.0,
+                   help="train the vision tower too, at this fraction of the rate (0 = frozen, as stages 2-6)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     p.add_argument("--record", default="training_v2.json", help="the run's record, written into --out")
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.config.dynamic_vlm_trained = True  # read by methods/dynamic_vlm.py: trained for variable per-frame counts
     model.generation_config.max_new_tokens = 48
     for p in model.model.vision_tower.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(args.tower_lr_frac > 0)
     torch.manual_seed(args.seed + 2)
     ds_head = torch.nn.Linear(model.config.text_config.hidden_size, arch.VOCAB_SIZE)
     heads = [ds_head]
@@ -147,8 +158,20 @@ def main(argv: list[str] | None = None) -> dict:
         if k not in img_w:
             raise SystemExit(f"--image-weights: unknown kind {k!r} (kinds: {', '.join(img_w)})")
         img_w[k] = float(v)
-    params = [p for p in model.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    args.kind_loss_w = {}
+    for item in filter(None, (args.kind_loss or "").split(",")):
+        k, v = item.split("=")
+        if k not in img_w and k not in VIDEO_WEIGHTS:
+            raise SystemExit(f"--kind-loss: unknown kind {k!r}")
+        args.kind_loss_w[k] = float(v)
+    tower = {id(p) for p in model.model.vision_tower.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tower]
+    rest += [p for h in heads for p in h.parameters()]
+    groups = [dict(params=rest, scale=1.0)]
+    if args.tower_lr_frac > 0:  # its own group: the schedule scales its rate (g["scale"])
+        groups.append(dict(params=list(model.model.vision_tower.parameters()), scale=args.tower_lr_frac))
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     rng = np.random.default_rng(args.seed + 2000)
     start, curve, ema = 1, [], {}
     if args.resume and ckpt.exists():
@@ -171,13 +194,14 @@ def main(argv: list[str] | None = None) -> dict:
         lr = args.lr * (step / args.warmup if step <= args.warmup else
                         args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         # One image batch, then each clip on its own (clip lengths vary 16..768 tokens: padding them into one batch
         # doubled the cost); gradients accumulate, clips weighted 1/clips so video counts like one batch.
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
         work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color,
-                                    max_describe=args.max_describe), 1.0)]
+                                    max_describe=args.max_describe, resize_aug=args.resize_aug,
+                                    same_color=args.same_color), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
