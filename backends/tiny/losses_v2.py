@@ -119,6 +119,7 @@ def losses(model, ds_head, b, args, cell_head=None) -> tuple[torch.Tensor, dict]
     if not bool((b["labels"] != -100).any()):
         loss = logits.sum() * 0.0
     else:
+        # The plain mean without weights: the same value, and the same float rounding earlier stages trained with.
         loss = weighted_lm_loss(logits, b, kind_w) if kind_w else lm_loss(logits, b["labels"])
     parts = {"lm": loss.item()}
     if args.w_cell > 0 and len(b["cell_rows"]):

@@ -119,6 +119,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def kind_weights(text: str | None, kinds, flag: str) -> dict[str, float]:
+    """`KIND=W,...` -> {kind: W}; a kind outside `kinds` stops the run with a message naming the option."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        k, v = item.split("=")
+        if k not in kinds:
+            raise SystemExit(f"{flag}: unknown kind {k!r} (kinds: {', '.join(kinds)})")
+        out[k] = float(v)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -152,18 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         rest = {k: v for k, v in VIDEO_WEIGHTS.items() if k != "direction"}
         kinds = {"direction": args.dir_weight, **{k: v * (1 - args.dir_weight) / sum(rest.values())
                                                   for k, v in rest.items()}}
-    img_w = dict(IMAGE_WEIGHTS)
-    for item in filter(None, (args.image_weights or "").split(",")):
-        k, v = item.split("=")
-        if k not in img_w:
-            raise SystemExit(f"--image-weights: unknown kind {k!r} (kinds: {', '.join(img_w)})")
-        img_w[k] = float(v)
-    args.kind_loss_w = {}
-    for item in filter(None, (args.kind_loss or "").split(",")):
-        k, v = item.split("=")
-        if k not in img_w and k not in VIDEO_WEIGHTS:
-            raise SystemExit(f"--kind-loss: unknown kind {k!r}")
-        args.kind_loss_w[k] = float(v)
+    img_w = {**IMAGE_WEIGHTS, **kind_weights(args.image_weights, IMAGE_WEIGHTS, "--image-weights")}
+    args.kind_loss_w = kind_weights(args.kind_loss, [*IMAGE_WEIGHTS, *VIDEO_WEIGHTS], "--kind-loss")
     tower = {id(p) for p in model.model.vision_tower.parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in tower]
     rest += [p for h in heads for p in h.parameters()]
