@@ -1,6 +1,7 @@
 """v2 training batches: the start/end cell targets of direction questions follow the clip (the answer's move),
 sit on the question's shape word, and a clip with no askable question adds no NaN to the loss; resized training
-images equal the processor's output for that upload; the vision tower gets gradients only when it is trained."""
+images equal the processor's output for that upload; the vision tower gets gradients only when it is trained; the KL to
+a v1 teacher is exact on its smaller vocabulary, and the pipeline hands stage 7 its v1 folder."""
 
 from __future__ import annotations
 
@@ -159,3 +160,51 @@ def test_same_color_scenes_have_two_to_four_objects_in_at_most_two_colours_and_o
     assert {len({o.color for o in s}) for s in scenes} == {1, 2}
     for i in range(20):  # off: exactly the spec's sampler, draw for draw
         assert train_scene(np.random.default_rng(i)) == sample_scene(np.random.default_rng(i))
+
+
+def test_teacher_loss_is_zero_against_itself_and_reads_a_smaller_vocabulary():
+    """The KL to a teacher: 0 for the model itself; a teacher with fewer output rows (v1: 64) gives the student's extra
+    rows probability 0, so a student that is the teacher plus 8 rows of logit 0 is off by exactly log(1 + 8 / Z),
+    Z = the teacher's sum of exp(logits), at each answer position."""
+    import copy
+
+    from backends.tiny.batches import image_batch
+    from backends.tiny.losses_v2 import forward, teacher_loss
+
+    tok = arch.build_tokenizer()
+    voc = Vocab(tok)
+    v1_kinds = {"color": 1.0, "shape_at": 1.0, "count": 1.0, "total": 1.0, "exists": 1.0, "describe": 0.0}
+    b = image_batch(np.random.default_rng(5), voc, 4, turns=(1, 1), weights=v1_kinds)
+    teacher = arch.build_model(tok, seed=0).float().eval()
+    assert teacher_loss(teacher, teacher, b).item() < 1e-6
+    student = copy.deepcopy(teacher)
+    head = teacher.lm_head.weight
+    student.lm_head = torch.nn.Linear(head.shape[1], head.shape[0] + 8, bias=False)
+    with torch.no_grad():
+        student.lm_head.weight.copy_(torch.cat([head, torch.zeros(8, head.shape[1])]))
+        _, logits, _ = forward(teacher, b, None)
+    pos = [(i, c) for i, spans in enumerate(b["turns"]) for a, e, _ in spans for c in range(a - 1, e - 1)]
+    z = torch.stack([logits[i, c].exp().sum() for i, c in pos])
+    expected = torch.log(1 + 8 / z).mean()
+    assert torch.allclose(teacher_loss(student, teacher, b), expected, rtol=1e-4)
+
+
+def test_the_pipeline_gives_stage_7_its_v1_teacher_and_stops_without_one(tmp_path, monkeypatch):
+    import pytest
+
+    from backends.tiny import pipeline
+    from backends.tiny.train_v2 import parse_args
+
+    calls = []
+    monkeypatch.setattr(pipeline, "main", lambda a: calls.append(a))
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "config.json").write_text("{}")
+    out = str(tmp_path / "out")
+    pipeline.pipeline(["--from", str(tmp_path / "s6"), "--stage", "6", "--v1", str(v1), "--out", out])
+    (stage7,) = calls
+    args = parse_args(stage7)
+    assert args.teacher == str(v1) and args.w_teach == 1 and args.teach_temp == 2 and args.threads == 1
+    with pytest.raises(SystemExit):  # no v1 folder at <out>-v1 and none given
+        pipeline.pipeline(["--from", str(tmp_path / "s6"), "--stage", "6", "--out", out])
+    assert len(calls) == 1

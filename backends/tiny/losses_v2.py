@@ -110,6 +110,24 @@ def weighted_lm_loss(logits, b, kind_w: dict[str, float]) -> torch.Tensor:
     return (ce * w).sum() / w.sum()
 
 
+def teacher_loss(model, teacher, b, temp: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions at every position that predicts an answer token (or its
+    </s>), at temperature `temp` (scaled by temp^2). The teacher may have fewer vocabulary rows (v1: 64): its missing
+    rows get probability 0. b: a batch whose every turn the teacher knows (v1 kinds, one turn)."""
+    rows, cols = [], []
+    for i, spans in enumerate(b["turns"]):
+        for a, e, _ in spans:
+            rows += [i] * (e - a)
+            cols += list(range(a - 1, e - 1))
+    rows, cols = torch.tensor(rows), torch.tensor(cols)
+    _, logits, _ = forward(model, b, None)
+    with torch.no_grad():
+        _, t_logits, _ = forward(teacher, b, None)
+    s = F.log_softmax(logits[rows, cols] / temp, -1)
+    t = F.softmax(t_logits[rows, cols] / temp, -1)
+    return (t * (torch.log(t + 1e-12) - s[:, :t.shape[1]])).sum(-1).mean() * temp ** 2
+
+
 def losses(model, ds_head, b, args, cell_head=None) -> tuple[torch.Tensor, dict]:
     """LM loss on answers + the content-token (ds), start/end cell and attention aux losses of one batch."""
     hidden, logits, mid = forward(model, b, 2 if args.w_ds > 0 or args.w_cell > 0 else None)

@@ -2,7 +2,8 @@
 
     python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stages 1 (v1, from scratch) to 7
     python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
-    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..7 (pipeline.LATER[K])
+    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..7 (pipeline.LATER[K];
+                                                                            # stage 7 also --teacher V1_DIR)
 
 Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
 v1's, new output rows N(0, 0.02)) and keeps the architecture (64 visual tokens per image, CLS, 8 decoder layers).
@@ -18,9 +19,10 @@ third (`--w-cell`): the shape word of a direction question names its object's st
 reweight the image question mix (`--image-weights`) and put the attention aux on each described object's colour word
 too (`--att-color`); stages 6-7 let a conversation ask for the description again (`--max-describe`). Options no
 stage before 7 used: `--resize-aug` (images drawn at 80-320 px and resized as uploads are), `--kind-loss` (weight one
-kind's answers in the LM loss), `--same-color` (scenes in one or two colours), `--tower-lr-frac` (train the vision
-tower too). A checkpoint for `--resume` and the model (to --out) are written at every evaluation; the result
-is the last step's model. Deterministic for a seed and thread count.
+kind's answers in the LM loss), `--same-color` (scenes in one or two colours), `--teacher` (a KL to a v1 model's
+answers on extra one-turn v1-kind scenes: learning without forgetting what v1 did better), `--tower-lr-frac` (train
+the vision tower too; no stage uses it). A checkpoint for `--resume` and the model (to --out) are written at every
+evaluation; the result is the last step's model. Deterministic for a seed and thread count.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import torch
 
 from . import arch
 from .batches import IMAGE_KINDS, IMAGE_WEIGHTS, VIDEO_WEIGHTS, image_batch, video_batch
-from .losses_v2 import forward, grow, losses
+from .losses_v2 import forward, grow, losses, teacher_loss
+from .scenes import KINDS
 from .train import Vocab, add_parts, progress_log, save_model, smooth
 
 # ------------------------------------------------------------------------------------------ check set
@@ -113,6 +116,10 @@ def parse_args(argv):
                         "is 2 of the ~28 answer tokens a description brings")
     p.add_argument("--tower-lr-frac", type=float, default=0.0,
                    help="train the vision tower too, at this fraction of the rate (0 = frozen, as stages 2-6)")
+    p.add_argument("--teacher", default=None, help="v1 model folder: its answers to one-turn v1 questions are a target")
+    p.add_argument("--w-teach", type=float, default=1.0, help="weight of the KL to --teacher")
+    p.add_argument("--teach-temp", type=float, default=1.0, help="temperature of that KL (scaled by its square)")
+    p.add_argument("--teach-images", type=int, default=8, help="one-turn v1-kind scenes per step for --teacher")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--log", default=None)
     p.add_argument("--record", default="training_v2.json", help="the run's record, written into --out")
@@ -186,6 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
         start, curve, ema = st["step"] + 1, st["curve"], st["ema"]
         t0 -= st["minutes"] * 60
         log(f"# resumed at step {start} from {ckpt}")
+    teacher = None
+    if args.teacher:  # v1 counted at 98-100% on held-out scenes; v2 lost some of it (learning without forgetting)
+        teacher = AutoModelForImageTextToText.from_pretrained(args.teacher, dtype=torch.float32).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    v1_w = {k: (v if k in KINDS else 0.0) for k, v in img_w.items()}  # the five v1 kinds, no descriptions
     check = make_check(args.seed + 2999, voc, 250, 120)
     model.train()
     log(f"# python -m backends.tiny.train_v2 {' '.join(argv)}")
@@ -208,6 +221,12 @@ def main(argv: list[str] | None = None) -> dict:
             loss, got = losses(model, ds_head, b, args, cell_head)
             (w * loss).backward()
             add_parts(parts, got, name, w)
+        if teacher is not None:
+            tb = image_batch(rng, voc, args.teach_images, turns=(1, 1), weights=v1_w, resize_aug=args.resize_aug,
+                             same_color=args.same_color)
+            l_t = teacher_loss(model, teacher, tb, args.teach_temp)
+            (args.w_teach * l_t).backward()
+            add_parts(parts, {"teach": l_t.item()}, "img", 1.0)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         smooth(ema, parts)
