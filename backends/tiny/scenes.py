@@ -62,8 +62,7 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, colors:
         size = float(rng.uniform(0.40, 0.85))
         lo, hi = size / 2, 1 - size / 2
         objs.append(Obj(cell=c, shape=SHAPES[int(rng.integers(3))], color=palette[int(rng.integers(len(palette)))],
-                        size=size,
-                        cx=float(rng.uniform(lo, hi)), cy=float(rng.uniform(lo, hi))))
+                        size=size, cx=float(rng.uniform(lo, hi)), cy=float(rng.uniform(lo, hi))))
     return objs
 
 

@@ -193,12 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
         start, curve, ema = st["step"] + 1, st["curve"], st["ema"]
         t0 -= st["minutes"] * 60
         log(f"# resumed at step {start} from {ckpt}")
-    teacher = None
+    teacher, v1_w = None, None
     if args.teacher:  # v1 counted at 98-100% on held-out scenes; v2 lost some of it (learning without forgetting)
         teacher = AutoModelForImageTextToText.from_pretrained(args.teacher, dtype=torch.float32).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    v1_w = {k: (v if k in KINDS else 0.0) for k, v in img_w.items()}  # the five v1 kinds, no descriptions
+        v1_w = {k: (v if k in KINDS else 0.0) for k, v in img_w.items()}  # its scenes: the v1 kinds, no descriptions
     check = make_check(args.seed + 2999, voc, 250, 120)
     model.train()
     log(f"# python -m backends.tiny.train_v2 {' '.join(argv)}")
