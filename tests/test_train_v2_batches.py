@@ -1,8 +1,7 @@
 """v2 training batches: the start/end cell targets of direction questions follow the clip (the answer's move),
 sit on the question's shape word, and a clip with no askable question adds no NaN to the loss; resized training
 images equal the processor's output for that upload; the vision tower gets gradients only when it is trained; the KL to
-a v1 teacher is exact on its smaller vocabulary, and the pipeline hands stage 7 its v1 folder; a description asked again
-reads the first one's words (the copy aux)."""
+a v1 teacher is exact on its smaller vocabulary, and the pipeline hands stage 7 its v1 folder."""
 
 from __future__ import annotations
 
@@ -88,32 +87,6 @@ def test_max_describe_lets_a_conversation_ask_for_the_description_again_in_other
         assert sorted(q["question"] for q in three) == sorted(DESCRIBE_PROMPTS)
         assert len({q["answer"] for q in three}) == 1
         assert len(sample_image_turns(objs, rng, 3, only)) == 1
-
-
-def test_again_asks_the_description_twice_and_copy_att_points_each_word_at_the_same_word_said_before():
-    """With again=1 every conversation of 2+ turns holds exactly two descriptions in two wordings; with copy_att each
-    object's `a` and colour word in the second attend (layer COPY_LAYER, head COPY_HEAD) to one position of the first
-    description, and the word there is the very token to predict next. Both off: the batches of before."""
-    from backends.tiny.batches import COPY_HEAD, COPY_LAYER, image_batch
-
-    voc = Vocab(arch.build_tokenizer())
-    b = image_batch(np.random.default_rng(7), voc, 12, max_describe=3, again=1.0, copy_att=True)
-    copies = (b["at_layers"] == COPY_LAYER) & (b["at_heads"] == COPY_HEAD)
-    for i, spans in enumerate(b["turns"]):
-        kinds = [k for _, _, k in spans]
-        assert kinds.count("describe") == (2 if len(kinds) >= 2 else kinds.count("describe"))
-        firsts = [a for a, _, k in spans if k == "describe"]
-        rows = copies & (b["at_rows"] == i)
-        n_obj = sum(int(t) == voc.a("a") for t in b["input_ids"][i, firsts[-1]:]) if len(firsts) == 2 else 0
-        assert int(rows.sum()) == 2 * n_obj
-        for col, mask in zip(b["at_cols"][rows].tolist(), b["at_mask"][rows]):
-            (src,) = mask.nonzero().flatten().tolist()
-            assert firsts[0] <= src < firsts[1] <= col  # read in the first description, from the second
-            assert int(b["input_ids"][i, src]) == int(b["input_ids"][i, col + 1])
-    assert int(copies.sum()) > 0
-    plain = image_batch(np.random.default_rng(7), voc, 12, max_describe=3)
-    off = image_batch(np.random.default_rng(7), voc, 12, max_describe=3, again=0.0, copy_att=False)
-    assert torch.equal(plain["input_ids"], off["input_ids"]) and torch.equal(plain["at_mask"], off["at_mask"])
 
 
 def test_resized_training_images_are_exactly_what_the_processor_makes_of_that_upload():

@@ -28,8 +28,6 @@ from .train import PCELL, Vocab, pixels
 IMAGE_WEIGHTS = {"color": 0.12, "shape_at": 0.22, "count": 0.1, "total": 0.06, "exists": 0.12, "describe": 0.38}
 VIDEO_WEIGHTS = {"direction": 0.45, "at_start": 0.2, "at_end": 0.2, "vtotal": 0.15}
 IMAGE_KINDS = KINDS + ["describe"]
-# The copy aux (--copy-att): a layer above the two that find objects in the image (0, 1), a head they do not train.
-COPY_LAYER, COPY_HEAD = 2, 2
 
 
 def cell_of_tokens(side: int) -> np.ndarray:
@@ -38,11 +36,9 @@ def cell_of_tokens(side: int) -> np.ndarray:
                      for c in range(side)])
 
 
-def sample_image_turns(objs, rng, n: int, weights: dict | None = None, max_describe: int = 1,
-                       again: float = 0.0) -> list[dict]:
+def sample_image_turns(objs, rng, n: int, weights: dict | None = None, max_describe: int = 1) -> list[dict]:
     """n distinct turns about one scene, at most `max_describe` descriptions (each worded differently). Kinds drawn
-    by `weights` (default IMAGE_WEIGHTS). With probability `again` (n >= 2, max_describe >= 2) the turns hold
-    exactly two descriptions, in two wordings, at random places: the description asked again."""
+    by `weights` (default IMAGE_WEIGHTS)."""
     w = np.array([(weights or IMAGE_WEIGHTS)[k] for k in IMAGE_KINDS])
     out, seen = [], set()
     for _ in range(20 * n):
@@ -55,16 +51,6 @@ def sample_image_turns(objs, rng, n: int, weights: dict | None = None, max_descr
             continue
         seen.add(q["question"])
         out.append(q)
-    # The draw only when the option is on, so runs without it see the batches they saw.
-    if again > 0 and len(out) >= 2 and max_describe >= 2 and rng.random() < again:
-        keep = len(out) - 2  # the other turns that stay beside the two descriptions
-        out = [t for t in out if t["kind"] != "describe"][:keep]
-        first, second = (make_question(objs, "describe", rng) for _ in range(2))
-        while second["question"] == first["question"]:
-            second = make_question(objs, "describe", rng)
-        i = int(rng.integers(0, len(out) + 1))
-        out.insert(i, first)
-        out.insert(int(rng.integers(i + 1, len(out) + 1)), second)
     return out
 
 
@@ -80,8 +66,8 @@ def content_index(qi: list[int], kind: str, pos_ids: dict[int, int]) -> int:
 class Builder:
     """Accumulates sequences and their aux targets, then pads them into one batch."""
 
-    def __init__(self, voc: Vocab, color_att: bool = False, copy_att: bool = False, pos_att: bool = False):
-        self.voc, self.color_att, self.copy_att, self.pos_att = voc, color_att, copy_att, pos_att
+    def __init__(self, voc: Vocab, color_att: bool = False):
+        self.voc, self.color_att = voc, color_att
         self.seqs, self.labels, self.ds, self.att, self.turns, self.cells = [], [], [], [], [], []
 
     def add(self, ids: list[int], lab: list[int], qas: list[dict], frame_slots: list[np.ndarray], cells_fn):
@@ -89,7 +75,7 @@ class Builder:
         cells_fn(f) = cell of each of frame f's tokens. Records per-turn answer spans for evaluation."""
         voc, row = self.voc, len(self.seqs)
         pos_ids = {voc.tok.convert_tokens_to_ids(arch.position_token(p)): i for i, p in enumerate(arch.POSITIONS)}
-        spans, said = [], None  # said: cell -> sequence positions of the last description's colour and shape words
+        spans = []
         for q in qas:
             qi = voc.q(q["question"])
             start = len(ids)
@@ -115,20 +101,10 @@ class Builder:
             ans = voc.tok(q["answer"], add_special_tokens=False)["input_ids"]
             a0 = start + len(qi) + len(voc.cue)
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
-                opens = [j for j, t in enumerate(ans) if t == voc.a("a")]
-                for j, c in zip(opens, q["cells"]):
+                for j, c in zip([j for j, t in enumerate(ans) if t == voc.a("a")], q["cells"]):
                     targets.append((a0 + j, 0, c, 0, 1))  # 'a' predicts the colour: its query should find the object
                     if self.color_att:  # the colour word predicts the shape: the same object, read again
                         targets.append((a0 + j + 1, 0, c, 0, 1))
-                    if self.pos_att:  # 'the' predicts the position word: the same object, a third time
-                        targets.append((a0 + j + 4, 0, c, 0, 1))
-                    if self.copy_att and said is not None:
-                        # Asked again, the words to say are in the last description: decoder layer COPY_LAYER's head
-                        # COPY_HEAD at 'a' (colour word) reads the same object's colour (shape) word there. Repeated
-                        # descriptions had slipped to the next object's words.
-                        self.att.append((row, a0 + j, np.array([said[c][0]]), COPY_HEAD, COPY_LAYER))
-                        self.att.append((row, a0 + j + 1, np.array([said[c][1]]), COPY_HEAD, COPY_LAYER))
-                said = {c: (a0 + j + 1, a0 + j + 2) for j, c in zip(opens, q["cells"])}
             for qpos, f, cell, head, layer in targets:
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
@@ -184,21 +160,20 @@ def train_scene(rng, same_color: float = 0.0):
 
 def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None,
                 color_att: bool = False, max_describe: int = 1, resize_aug: float = 0.0,
-                same_color: float = 0.0, again: float = 0.0, copy_att: bool = False, pos_att: bool = False) -> dict:
+                same_color: float = 0.0) -> dict:
     """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS; at most
     `max_describe` descriptions); with `color_att` each described object's colour word gets an attention target too;
     a share `resize_aug` of the scenes is drawn at another size and resized to 128 px (render_train.resized), a
-    share `same_color` has 2-4 objects in one or two colours; a share `again` of the conversations asks for the
-    description twice (sample_image_turns), and with `copy_att` the second one gets the copy attention targets.
+    share `same_color` has 2-4 objects in one or two colours.
     pixel_values [n_img, 3, 128, 128]."""
-    b, pix = Builder(voc, color_att, copy_att, pos_att), []
+    b, pix = Builder(voc, color_att), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
         objs = train_scene(rng, same_color)
         # The draw only when the option is on, so runs without it see the same batches as before it existed.
         pix.append(pixels(resized(objs, rng) if resize_aug > 0 and rng.random() < resize_aug else render(objs, rng)))
         qas = [_annotate(objs, q) for q in sample_image_turns(objs, rng, int(rng.integers(turns[0], turns[1] + 1)),
-                                                                    weights, max_describe, again)]
+                                                                    weights, max_describe)]
         b.add([voc.bos] + [voc.img] * n_tok ** 2, [-100] * (1 + n_tok ** 2), qas, [np.arange(1, 1 + n_tok ** 2)],
               lambda f: PCELL)
     out = b.tensors()

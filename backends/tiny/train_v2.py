@@ -107,12 +107,6 @@ def parse_args(argv):
                    help="the attention aux also on each described object's colour word (it predicts the shape)")
     p.add_argument("--max-describe", type=int, default=1,
                    help="descriptions per conversation (worded differently): a user may ask twice")
-    p.add_argument("--again", type=float, default=0.0,
-                   help="share of multi-turn conversations asking for the description twice (needs --max-describe 2+)")
-    p.add_argument("--copy-att", action="store_true",
-                   help="attention aux: a repeated description reads each object's words in the last description")
-    p.add_argument("--att-pos", action="store_true",
-                   help="the attention aux also on the 'the' before each described object's position word")
     p.add_argument("--resize-aug", type=float, default=0.0,
                    help="share of training images drawn at another size (80-320 px) and resized to 128 as uploads are")
     p.add_argument("--same-color", type=float, default=0.0,
@@ -221,8 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         parts: dict[str, float] = {}
         work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color,
                                     max_describe=args.max_describe, resize_aug=args.resize_aug,
-                                    same_color=args.same_color, again=args.again, copy_att=args.copy_att,
-                                    pos_att=args.att_pos), 1.0)]
+                                    same_color=args.same_color), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
