@@ -5,7 +5,8 @@
 Next to v1's `heldout.jsonl` (the five one-word kinds), this writes:
   describe.jsonl        {"image", "question", "answer", "kind": "describe"}: descriptions of 1-4 objects, equal counts
   conversations.jsonl   {"image", "turns": [{"question", "answer", "kind"}, ...]}: 2-4 turns about one image; every
-                        later turn asks about another object (or cell) than the turns before it
+                        later turn asks about another object (or cell) than the turns before it. 400 (133 reach turn
+                        4); the first 100 are the set's first version (one draw: a longer set is the same lines first)
   video.jsonl           {"video", "question", "answer", "kind"}: 24-frame VP9 WebM clips (vid/), one or two questions
 Seeds differ from every seed `train.py` / `train_v2.py` use (they use seed .. seed+2999 with seed 0).
 """
@@ -128,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m backends.tiny.heldout_v2", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="assets/heldout")
     p.add_argument("--seed", type=int, default=SEED)
+    # 100 conversations gave turn 4 33 questions, one of them 3 points: too coarse for a 95% line.
+    p.add_argument("--conversations", type=int, default=400, help="conversations to draw")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
     for i, (fname, fn) in enumerate((("describe.jsonl", write_describe), ("conversations.jsonl", write_conversations),
                                      ("video.jsonl", write_video))):
-        lines = fn(out, np.random.default_rng(args.seed + i))
+        extra = {"n": args.conversations} if fn is write_conversations else {}
+        lines = fn(out, np.random.default_rng(args.seed + i), **extra)
         (out / fname).write_text("".join(json.dumps(ln) + "\n" for ln in lines))
         print(f"wrote {out / fname}: {len(lines)} items")
     return 0
