@@ -127,6 +127,36 @@ def test_tower_gets_gradients_only_when_asked():
         assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
 
 
+def test_w_shared_weighs_exactly_the_shape_words_and_colour_targets_of_objects_sharing_a_colour():
+    """--w-shared: the same batch plus weights; > 1 only on the shape word (and the colour word's attention target) of
+    a described object whose colour another one in its scene has; all-one weights give the unweighted losses."""
+    from backends.tiny.batches import image_batch
+    from backends.tiny.losses_v2 import weighted_lm_loss
+    from backends.tiny.train import lm_loss
+
+    voc = Vocab(arch.build_tokenizer())
+    only = {"describe": 1.0, **{k: 0.0 for k in ("color", "shape_at", "count", "total", "exists")}}
+    kw = dict(turns=(1, 1), weights=only, color_att=True, same_color=0.5)
+    plain = image_batch(np.random.default_rng(5), voc, 12, **kw)
+    heavy = image_batch(np.random.default_rng(5), voc, 12, **kw, w_shared=4.0)
+    assert "lm_w" not in plain and all(torch.equal(plain[k], heavy[k]) for k in plain if torch.is_tensor(plain[k]))
+    want = set()
+    for i in range(12):
+        a, e, _ = heavy["turns"][i][0]
+        words = [voc.tok.convert_ids_to_tokens(int(t)) for t in heavy["input_ids"][i, a:e - 1]]
+        objs = [(a + j, words[j + 1]) for j, w in enumerate(words) if w == "a"]
+        want |= {(i, p + 2) for p, c in objs if sum(c == c2 for _, c2 in objs) > 1}
+    assert want and {tuple(x) for x in (heavy["lm_w"] == 4.0).nonzero().tolist()} == want
+    assert int((heavy["lm_w"] != 1).sum()) == len(want)
+    colour_words = {(r, c - 1) for r, c in want}
+    got = {(r, c) for r, c, w in zip(heavy["at_rows"].tolist(), heavy["at_cols"].tolist(), heavy["at_w"]) if w == 4}
+    assert got == colour_words and int((heavy["at_w"] != 1).sum()) == len(want)
+    logits = torch.randn(*plain["input_ids"].shape, arch.VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    ones = {**heavy, "lm_w": torch.ones_like(heavy["lm_w"])}
+    assert torch.allclose(weighted_lm_loss(logits, ones, {}), lm_loss(logits, plain["labels"]))
+    assert not torch.allclose(weighted_lm_loss(logits, heavy, {}), lm_loss(logits, plain["labels"]))
+
+
 def test_kind_loss_weights_only_the_named_kinds_answers():
     from backends.tiny.batches import image_batch
     from backends.tiny.losses_v2 import weighted_lm_loss

@@ -66,9 +66,10 @@ def content_index(qi: list[int], kind: str, pos_ids: dict[int, int]) -> int:
 class Builder:
     """Accumulates sequences and their aux targets, then pads them into one batch."""
 
-    def __init__(self, voc: Vocab, color_att: bool = False):
-        self.voc, self.color_att = voc, color_att
+    def __init__(self, voc: Vocab, color_att: bool = False, w_shared: float = 1.0):
+        self.voc, self.color_att, self.w_shared = voc, color_att, w_shared
         self.seqs, self.labels, self.ds, self.att, self.turns, self.cells = [], [], [], [], [], []
+        self.heavy = []  # (row, position): a label position weighted w_shared (a shared-colour object's shape word)
 
     def add(self, ids: list[int], lab: list[int], qas: list[dict], frame_slots: list[np.ndarray], cells_fn):
         """Append the QA turns of `qas` after `ids`. frame_slots[f] = sequence positions of frame f's tokens;
@@ -101,14 +102,22 @@ class Builder:
             ans = voc.tok(q["answer"], add_special_tokens=False)["input_ids"]
             a0 = start + len(qi) + len(voc.cue)
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
-                for j, c in zip([j for j, t in enumerate(ans) if t == voc.a("a")], q["cells"]):
+                opens = [j for j, t in enumerate(ans) if t == voc.a("a")]
+                colors = [ans[j + 1] for j in opens]
+                for j, c, col in zip(opens, q["cells"], colors):
                     targets.append((a0 + j, 0, c, 0, 1))  # 'a' predicts the colour: its query should find the object
+                    # An object whose colour another one shares: its colour word's look-up cannot go by colour alone
+                    # (the description errors that remain give it the neighbour's shape), so with w_shared its
+                    # attention target and its shape word weigh more.
+                    w = self.w_shared if colors.count(col) > 1 else 1.0
                     if self.color_att:  # the colour word predicts the shape: the same object, read again
-                        targets.append((a0 + j + 1, 0, c, 0, 1))
-            for qpos, f, cell, head, layer in targets:
+                        targets.append((a0 + j + 1, 0, c, 0, 1, w))
+                    if w != 1.0:
+                        self.heavy.append((row, a0 + j + 2))
+            for qpos, f, cell, head, layer, *w in targets:
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
-                    self.att.append((row, qpos, slots, head, layer))
+                    self.att.append((row, qpos, slots, head, layer, *w))
             ids += qi + voc.cue + ans + [voc.eos]
             lab += [-100] * (len(qi) + len(voc.cue)) + ans + [voc.eos]
             spans.append((a0, a0 + len(ans) + 1, kind))
@@ -125,8 +134,14 @@ class Builder:
         for i, (s, lb) in enumerate(zip(self.seqs, self.labels)):
             ids[i, :len(s)], lab[i, :len(lb)], att[i, :len(s)] = torch.tensor(s), torch.tensor(lb), 1
         tmask = torch.zeros((len(self.att), L), dtype=torch.bool)
-        for n, (_, _, slots, _, _) in enumerate(self.att):
+        for n, (_, _, slots, *_) in enumerate(self.att):
             tmask[n, torch.as_tensor(slots)] = True
+        extra = {}
+        if self.heavy:  # only then: batches without it are the tensors they were
+            extra["at_w"] = torch.tensor([a[5] if len(a) > 5 else 1.0 for a in self.att])
+            extra["lm_w"] = torch.ones((B, L))
+            for i, j in self.heavy:
+                extra["lm_w"][i, j] = self.w_shared
         return dict(input_ids=ids, labels=lab, attention_mask=att, turns=self.turns,
                     ds_rows=torch.tensor([d[0] for d in self.ds], dtype=torch.long),
                     ds_cols=torch.tensor([d[1] for d in self.ds], dtype=torch.long),
@@ -137,7 +152,7 @@ class Builder:
                     at_layers=torch.tensor([a[4] for a in self.att], dtype=torch.long),
                     cell_rows=torch.tensor([c[0] for c in self.cells], dtype=torch.long),
                     cell_cols=torch.tensor([c[1] for c in self.cells], dtype=torch.long),
-                    cell_tgt=torch.tensor([c[2:] for c in self.cells], dtype=torch.long).reshape(-1, 2))
+                    cell_tgt=torch.tensor([c[2:] for c in self.cells], dtype=torch.long).reshape(-1, 2), **extra)
 
 
 def _annotate(objs, q: dict) -> dict:
@@ -160,13 +175,14 @@ def train_scene(rng, same_color: float = 0.0):
 
 def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None,
                 color_att: bool = False, max_describe: int = 1, resize_aug: float = 0.0,
-                same_color: float = 0.0) -> dict:
+                same_color: float = 0.0, w_shared: float = 1.0) -> dict:
     """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS; at most
     `max_describe` descriptions); with `color_att` each described object's colour word gets an attention target too;
     a share `resize_aug` of the scenes is drawn at another size and resized to 128 px (render_train.resized), a
-    share `same_color` has 2-4 objects in one or two colours.
+    share `same_color` has 2-4 objects in one or two colours; `w_shared` weighs the colour word's attention target
+    and the shape word of each described object whose colour another object shares.
     pixel_values [n_img, 3, 128, 128]."""
-    b, pix = Builder(voc, color_att), []
+    b, pix = Builder(voc, color_att, w_shared), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
         objs = train_scene(rng, same_color)

@@ -67,16 +67,21 @@ def attention_loss(model, hidden, b):
     """-log(attention mass of decoder layer `at_layers[n]`'s head `at_heads[n]`, at each query, on its targets),
     averaged over every query. hidden: the states entering each layer (forward's first output)."""
     total, count = 0.0, 0
+    w = b.get("at_w")  # per-query weights (train_v2 --w-shared): a weighted mean
     for layer in b["at_layers"].unique().tolist():
         sel = b["at_layers"] == layer
         part = {k: b[k][sel] for k in ("at_rows", "at_cols", "at_mask", "at_heads")}
-        total = total + attention_loss_at(model, hidden[layer], part, layer) * int(sel.sum())
-        count += int(sel.sum())
+        if w is None:
+            total = total + attention_loss_at(model, hidden[layer], part, layer).mean() * int(sel.sum())
+            count += int(sel.sum())
+        else:
+            total = total + (attention_loss_at(model, hidden[layer], part, layer) * w[sel]).sum()
+            count += float(w[sel].sum())
     return total / count
 
 
 def attention_loss_at(model, emb, b, layer: int):
-    """The loss of one decoder layer: emb [B, L, D] is the hidden state entering it."""
+    """The loss of each query [n] of one decoder layer: emb [B, L, D] is the hidden state entering it."""
     from transformers.models.llama.modeling_llama import rotate_half
 
     rows, cols, tmask, heads = b["at_rows"], b["at_cols"], b["at_mask"], b["at_heads"]
@@ -94,17 +99,18 @@ def attention_loss_at(model, emb, b, layer: int):
     q = q * cos[cols] + rotate_half(q) * sin[cols]
     sc = torch.einsum("nd,nld->nl", q, k) * attn.scaling
     sc = sc.masked_fill(torch.arange(L).unsqueeze(0) > cols.unsqueeze(1), float("-inf"))
-    return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6).mean()
+    return -torch.log((sc.softmax(-1) * tmask).sum(-1) + 1e-6)
 
 
 def weighted_lm_loss(logits, b, kind_w: dict[str, float]) -> torch.Tensor:
     """The LM loss with each turn's answer tokens (and its </s>) weighted by its kind (default 1): a weighted mean over
-    the answer tokens. logits [B, L, V]; b["turns"][i] = [(start, end, kind), ...] spans of answer positions."""
+    the answer tokens, times b["lm_w"] [B, L] where the batch has it (--w-shared). logits [B, L, V];
+    b["turns"][i] = [(start, end, kind), ...] spans of answer positions."""
     labels = b["labels"]
-    w = torch.ones(labels.shape, dtype=logits.dtype)
+    w = b["lm_w"].to(logits.dtype).clone() if "lm_w" in b else torch.ones(labels.shape, dtype=logits.dtype)
     for i, spans in enumerate(b["turns"]):
         for a, e, kind in spans:
-            w[i, a:e] = kind_w.get(kind, 1.0)
+            w[i, a:e] *= kind_w.get(kind, 1.0)
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="none")
     w = w[:, 1:].flatten() * (labels[:, 1:].flatten() != -100)
     return (ce * w).sum() / w.sum()
@@ -138,7 +144,7 @@ def losses(model, ds_head, b, args, cell_head=None) -> tuple[torch.Tensor, dict]
         loss = logits.sum() * 0.0
     else:
         # The plain mean without weights: the same value, and the same float rounding earlier stages trained with.
-        loss = weighted_lm_loss(logits, b, kind_w) if kind_w else lm_loss(logits, b["labels"])
+        loss = weighted_lm_loss(logits, b, kind_w or {}) if kind_w or "lm_w" in b else lm_loss(logits, b["labels"])
     parts = {"lm": loss.item()}
     if args.w_cell > 0 and len(b["cell_rows"]):
         # The shape word of a direction question names its object's start and end cells (two 9-way heads): the two
