@@ -114,10 +114,10 @@ class Builder:
                         targets.append((a0 + j + 1, 0, c, 0, 1, w))
                     if w != 1.0:
                         self.heavy.append((row, a0 + j + 2))
-            for qpos, f, cell, head, layer, *w in targets:
+            for qpos, f, cell, head, layer, *w in targets:  # a target's weight (w_shared) is optional: default 1
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
-                    self.att.append((row, qpos, slots, head, layer, *w))
+                    self.att.append((row, qpos, slots, head, layer, w[0] if w else 1.0))
             ids += qi + voc.cue + ans + [voc.eos]
             lab += [-100] * (len(qi) + len(voc.cue)) + ans + [voc.eos]
             spans.append((a0, a0 + len(ans) + 1, kind))
@@ -138,7 +138,7 @@ class Builder:
             tmask[n, torch.as_tensor(slots)] = True
         extra = {}
         if self.heavy:  # only then: batches without it are the tensors they were
-            extra["at_w"] = torch.tensor([a[5] if len(a) > 5 else 1.0 for a in self.att])
+            extra["at_w"] = torch.tensor([a[5] for a in self.att])
             extra["lm_w"] = torch.ones((B, L))
             for i, j in self.heavy:
                 extra["lm_w"][i, j] = self.w_shared
