@@ -157,8 +157,11 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
         _once(lm, method, frames, prompt, min(2, gen.max_new_tokens), seed, ups)
     runs = timed_runs(lambda: _once(lm, method, frames, prompt, gen.max_new_tokens, seed, ups), gen)
     last, state = runs[-1], runs[-1]["state"]
-    if any([r["tokens"], *(m["tokens"] for m in r["more"])] != [last["tokens"], *(m["tokens"] for m in last["more"])]
-           for r in runs):
+    ids = [[r["tokens"], *(m["tokens"] for m in r["more"])] for r in runs]
+    differ = sum(i != ids[-1] for i in ids)
+    # CPU kernels repeat bit for bit, so a difference there is a bug (state leaking between runs). CUDA kernels may
+    # not (reduction order), and a near-tie between two tokens then flips: report it with the answer, don't fail.
+    if differ and lm.device.type != "cuda":
         raise RuntimeError("repeated runs gave different tokens: the run is not deterministic")
     n_out = len(last["tokens"])
     timings = _timings(tuple(statistics.median(r["times"][i] for r in runs) for i in range(5)), n_out)
@@ -178,7 +181,8 @@ def run(req: RunRequest, lm: LoadedModel, settings: Settings, frames: list | Non
                       kv_cache_bytes_prefill=last["kv"][0]),
         kept_map=last["seen"]["kept_map"],
         stage_maps=[[lm.adapter.map_rows(m) for m in stage] for stage in state.stage_maps],
-        info={"positions": state.positions, "seq_len": state.seq_len, **state.info},
+        info={"positions": state.positions, "seq_len": state.seq_len, **state.info,
+              **({"runs_with_other_tokens": f"{differ} of {len(runs)}"} if differ else {})},
         measurement=measurement(lm, gen, started, len(runs)),
         turns=turns.turn_list(runs, [prompt, *ups], state.visual_in, _timings),
         index=req.index,

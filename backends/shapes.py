@@ -2,6 +2,8 @@
 
     build("interleave-0.5b", out_dir)   # SigLIP-so400m/14@384 (729 tokens) + Qwen2-0.5B: llava-interleave-qwen-0.5b
     build("onevision-tiny", out_dir)    # LLaVA-OneVision's structure (SigLIP, newline token, Qwen2) in miniature
+    build("llava-1.5-7b", out_dir)      # CLIP ViT-L/14@336 (576 tokens + CLS, layer -2) + Llama-2-7B: llava-1.5-7b-hf
+                                        # (13.5 GB in fp16: for the GPU benchmarks)
     build("llava-1.5-tiny", out_dir)    # LLaVA-1.5's structure (CLIP with CLS, features from layer -2, Llama) in
                                         # miniature: what tests use to cover that family's code paths
 
@@ -45,6 +47,13 @@ SHAPES = {
         text=("qwen2", dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
                             num_attention_heads=4, num_key_value_heads=2)),
         feature_layer=-1, strategy="full", onevision=True),
+    "llava-1.5-7b": dict(
+        vision=("clip", dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                             image_size=336, patch_size=14, projection_dim=768)),
+        text=("llama", dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                            rms_norm_eps=1e-5)),
+        feature_layer=-2, strategy="default"),
     "llava-1.5-tiny": dict(
         vision=("clip", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                              image_size=84, patch_size=14)),
@@ -54,8 +63,11 @@ SHAPES = {
 }
 
 
-def build(shape: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, text_scale: float = 0.0):
+def build(shape: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, text_scale: float = 0.0,
+          device: str = "cpu"):
     """Write a random model of `shape` and its processor to `out`; returns the folder path.
+
+    device: where the random init runs ("cuda" draws a 7B model's weights in seconds instead of minutes).
 
     text_scale: multiply the LM's matrices by this (0: keep the init; tests use ~8 so answers vary)."""
     spec = SHAPES[shape]
@@ -79,8 +91,9 @@ def build(shape: str, out: str | Path, seed: int = 0, dtype: torch.dtype = torch
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build in the target dtype: no fp32 copy of a large model in memory
     try:
-        model = (LlavaOnevisionForConditionalGeneration if spec.get("onevision") else
-                 LlavaForConditionalGeneration)(cfg).eval()
+        with torch.device(device):
+            model = (LlavaOnevisionForConditionalGeneration if spec.get("onevision") else
+                     LlavaForConditionalGeneration)(cfg).eval()
     finally:
         torch.set_default_dtype(old)
     if text_scale:

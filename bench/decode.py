@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from backends import media, runner, shapes  # noqa: E402
 from backends.models import load_model  # noqa: E402
 from backends.settings import Settings  # noqa: E402
 from backends.types import GenerationSettings, MethodSpec, RunRequest  # noqa: E402
-from bench.speed import machine  # noqa: E402
+from bench.speed import flips, kernel_note, machine, random_model  # noqa: E402
 
 CONFIGS = [  # (method, params, what the paper reports for its decode)
     ("baseline", {}, ""),
@@ -62,15 +61,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="interleave-0.5b", help=", ".join(shapes.SHAPES))
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--frames", type=int, default=3, help="frames of the clip: 729 visual tokens each")
+    p.add_argument("--frames", type=int, default=3, help="frames of the clip (729 tokens each on interleave-0.5b)")
     p.add_argument("--tokens", type=int, default=256, help="generated tokens (EOS ignored)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", default="", help="comma list of method names from CONFIGS (default: all)")
     p.add_argument("--video", default="assets/examples/moving.webm")
+    p.add_argument("--model-dir", default=None, help="build the random model here, or reuse the one already there")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("VLM_THREADS", "1")))
     settings = Settings(dtype=args.dtype)
-    src = str(shapes.build(args.shape, tempfile.mkdtemp(prefix="bench-"), dtype=getattr(torch, args.dtype)))
+    src = random_model(args.shape, args.dtype, args.model_dir)
     lm = load_model(src, settings)
     lm.model.generation_config.eos_token_id = -1  # EOS ignored: exactly --tokens tokens every run
     med = media.video_media(args.video, settings, args.frames)
@@ -96,12 +96,14 @@ def main() -> None:
             f"| {name} | {', '.join(f'{k}={v:g}' for k, v in params.items()) or '-'} | {vt.kept} / "
             f"{vt.effective:.0f} | {mem.kv_cache_bytes_prefill / 2**20:.1f} | {mem.kv_cache_bytes / 2**20:.1f} | "
             f"{spread(prefill, '{:.0f}')} | {res.timings_ms.prefill - base['prefill']:+.0f} | {spread(per_tok)} | "
-            f"{base['per_tok'] / res.timings_ms.per_token:.2f}x | {(w + base['kv']) / (w + kv_mid):.3f}x | {paper} |")
+            f"{base['per_tok'] / res.timings_ms.per_token:.2f}x | {(w + base['kv']) / (w + kv_mid):.3f}x | "
+            f"{'; '.join(x for x in (paper, flips(res)) if x)} |")
         print(rows[-1], flush=True)
     load.append(os.getloadavg()[0])
     head = (f"# Decode: {args.shape} ({args.dtype}), {args.frames} frames, {args.tokens} new tokens (EOS ignored), "
             f"median of {args.repeats} timed runs after 1 warm-up, (min-max) over them\n\nMachine: {machine()}; "
             f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end\n\n"
+            f"{kernel_note(lm, res.memory.peak_kind)}\n\n"
             f"Prompt: {n_prompt} tokens ({args.frames} x {lm.adapter.tokens_per_image} visual). LLM weights read per "
             f"decode step: {w / 2**20:.0f} MB. Ideal = (weights + baseline KV) / (weights + this KV), KV mid-answer: "
             "a bandwidth model, computed, not measured. Prefill - baseline: for AirCache (same tokens) the scoring's "

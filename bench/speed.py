@@ -46,8 +46,32 @@ def configs(keeps: list[float]) -> list[tuple[str, dict, str]]:
 
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "
+    gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}); " if torch.cuda.is_available() else ""
+    return (f"{gpu}{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "
             f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def random_model(shape: str, dtype: str, model_dir: str | None) -> str:
+    """Folder of a random model of `shape`: built into model_dir (a temp folder if None), or reused when model_dir
+    already holds one (the GPU script builds LLaVA-1.5-7B once, 13.5 GB, for both benchmarks)."""
+    if model_dir and Path(model_dir, "config.json").is_file():
+        return model_dir
+    out = model_dir or tempfile.mkdtemp(prefix="bench-")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(shapes.build(shape, out, dtype=getattr(torch, dtype), device=dev))
+
+
+def flips(res) -> str:
+    """Note for a run whose repeats gave different tokens (a CUDA near-tie flipped; the runner records it)."""
+    n = res.info.get("runs_with_other_tokens")
+    return f"tokens differed in {n} timed runs" if n else ""
+
+
+def kernel_note(lm, peak_kind: str) -> str:
+    """How the numbers were taken: attention kernel, clocks and memory."""
+    sync = "torch.cuda.synchronize before every clock read" if lm.device.type == "cuda" else "CPU clocks"
+    return (f"Attention kernel: {lm.adapter.attn_implementation} (PyTorch scaled_dot_product_attention picks its own "
+            f"backend on CUDA). Timing: {sync}. Peak = {peak_kind or 'peak memory growth'} over a run.")
 
 
 def main() -> None:
@@ -59,11 +83,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--image", default="assets/examples/blue_count.png")
+    p.add_argument("--model-dir", default=None, help="build the random model here, or reuse the one already there")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("VLM_THREADS", "1")))
     settings = Settings(dtype=args.dtype if args.shape != BUILTIN else "float32")
-    tmp = tempfile.mkdtemp(prefix="bench-")
-    src = BUILTIN if args.shape == BUILTIN else str(shapes.build(args.shape, tmp, dtype=getattr(torch, args.dtype)))
+    src = BUILTIN if args.shape == BUILTIN else random_model(args.shape, args.dtype, args.model_dir)
     lm = load_model(src, settings)
     if args.shape != BUILTIN:  # ShortV needs a layer ranking for this random model: a quick one
         from backends import calibrate
@@ -72,7 +96,7 @@ def main() -> None:
     med = media.image_media(args.image, settings)
     gen = GenerationSettings(max_new_tokens=args.max_new_tokens, warmup=1, repeats=args.repeats)
     chosen = [m for m in args.methods.split(",") if m]
-    rows, base = [], None
+    rows, base, peak_kind = [], None, ""
     # one untimed pass first: the first runs of a fresh process pay allocator and cache warm-up for everyone
     runner.run(RunRequest(med, "how many shapes are there?", MethodSpec("baseline"), gen), lm, settings)
     for name, params, keep in configs([float(k) for k in args.keeps.split(",")]):
@@ -84,15 +108,15 @@ def main() -> None:
             rows.append(f"| {name} | {keep} | - | - | - | - | - | - | - | - | {str(e)[:60]} |")
             continue
         t = res.timings_ms
-        base = base or t
+        base, peak_kind = base or t, res.memory.peak_kind
         rows.append(f"| {name} | {keep} | {res.visual_tokens.kept} / {res.visual_tokens.effective:.0f} | "
                     f"{t.vision:.0f} | {t.prefill:.0f} | {t.decode:.0f} | {t.total:.0f} | "
                     f"{res.memory.peak_bytes / 2**20:.0f} | {base.total / t.total:.2f}x | "
-                    f"{res.flop_ideal_speedup:.2f}x | |")
+                    f"{res.flop_ideal_speedup:.2f}x | {flips(res)} |")
         print(rows[-1], flush=True)
     head = (f"# Speed: {args.shape} ({args.dtype}), {args.max_new_tokens} new tokens, median of {args.repeats} "
-            f"after 1 warm-up\n\nMachine: {machine()}\n\nAttention kernel: {lm.adapter.attn_implementation}. "
-            "Peak = process peak RSS growth over a run. Speedup = baseline total / method total; ideal = FLOP ratio."
+            f"after 1 warm-up\n\nMachine: {machine()}\n\n{kernel_note(lm, peak_kind)} "
+            "Speedup = baseline total / method total; ideal = FLOP ratio."
             "\n\n| method | keep | visual kept / effective | vision ms | prefill ms | decode ms | total ms | "
             "peak MB | speedup | FLOP-ideal | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     table = head + "\n".join(rows) + "\n"

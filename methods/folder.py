@@ -74,7 +74,7 @@ def fold(x, metric, cls_attn, remove: int, alpha: float, weight: float, floor: i
     x [T, D], metric [T, d], cls_attn [T]. Returns x [T', D], members [T', T] and the length after each pass.
     """
     t = x.shape[0]
-    size, members, lengths = torch.ones(t), torch.eye(t), []
+    size, members, lengths = torch.ones(t, device=x.device), torch.eye(t, device=x.device), []
     while remove > 0 and x.shape[0] >= floor:
         r = min((x.shape[0] - 1) // 2, remove)
         x, size, members, metric, cls_attn = bipartite_merge(x, size, members, metric, cls_attn, r, alpha,
@@ -128,7 +128,7 @@ class Folder(Method):
             state.info["passes"].append(len(lengths))
             out.append(xi)
             coef = members / members.sum(1, keepdim=True)  # a merged token is the mean of its originals
-            frames.append((coef[1:, 1:], coef[1:, 1:].argmax(1)))
+            frames.append((coef[1:, 1:].cpu(), coef[1:, 1:].argmax(1).cpu()))  # bookkeeping stays on the CPU
         x = torch.stack(out) if len({o.shape[0] for o in out}) == 1 else None
         if x is None:
             raise RuntimeError("frames merged to different lengths")

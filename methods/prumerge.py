@@ -33,7 +33,7 @@ from methods.registry import register
 
 def iqr_outliers(a: torch.Tensor, factor: float = 1.5) -> torch.Tensor:
     """Indices of a [N] above Q3 + factor * IQR (numpy-style linear quantiles), by descending score."""
-    q1, q3 = torch.quantile(a.float(), torch.tensor([0.25, 0.75], dtype=torch.float32)).tolist()
+    q1, q3 = torch.quantile(a.float(), torch.tensor([0.25, 0.75], device=a.device)).tolist()
     idx = (a > q3 + factor * (q3 - q1)).nonzero().flatten()
     return idx[a[idx].argsort(descending=True, stable=True)]
 
@@ -81,7 +81,7 @@ def merge_into(x: torch.Tensor, keys: torch.Tensor, a: torch.Tensor, kept: torch
     """
     kn = F.normalize(keys.float(), dim=-1)
     sim = kn[kept] @ kn.T  # [n, N]
-    sim[torch.arange(kept.numel()), kept] = -torch.inf  # never merge a token with itself
+    sim[torch.arange(kept.numel(), device=kept.device), kept] = -torch.inf  # never merge a token with itself
     k = min(neighbors, x.shape[0] - 1)
     nb = sim.topk(k, dim=1).indices  # [n, k]
     w = a[nb].to(x.dtype)  # [n, k]
