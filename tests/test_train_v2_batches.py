@@ -157,6 +157,33 @@ def test_w_shared_weighs_exactly_the_shape_words_and_colour_targets_of_objects_s
     assert not torch.allclose(weighted_lm_loss(logits, heavy, {}), lm_loss(logits, plain["labels"]))
 
 
+def test_shared_scope_scene_weighs_every_object_of_a_scene_where_two_share_a_colour():
+    """--shared-scope scene: in a description whose scene has two objects of one colour, every object's colour and
+    shape words weigh w and its 'a' and colour-word attention targets too; scenes of distinct colours stay at 1."""
+    from backends.tiny.batches import image_batch
+
+    voc = Vocab(arch.build_tokenizer())
+    only = {"describe": 1.0, **{k: 0.0 for k in ("color", "shape_at", "count", "total", "exists")}}
+    kw = dict(turns=(1, 1), weights=only, color_att=True, same_color=0.5, w_shared=4.0)
+    plain = image_batch(np.random.default_rng(5), voc, 12, **kw)
+    scene = image_batch(np.random.default_rng(5), voc, 12, **kw, shared_scope="scene")
+    same = [k for k in plain if torch.is_tensor(plain[k]) and k not in ("lm_w", "at_w")]
+    assert all(torch.equal(plain[k], scene[k]) for k in same)
+    want_lm, want_at = set(), set()
+    for i in range(12):
+        a, e, _ = scene["turns"][i][0]
+        words = [voc.tok.convert_ids_to_tokens(int(t)) for t in scene["input_ids"][i, a:e - 1]]
+        objs = [(a + j, words[j + 1]) for j, w in enumerate(words) if w == "a"]
+        if len({c for _, c in objs}) < len(objs):
+            want_lm |= {(i, p + k) for p, _ in objs for k in (1, 2)}
+            want_at |= {(i, p + k) for p, _ in objs for k in (0, 1)}
+    assert want_lm and {tuple(x) for x in (scene["lm_w"] == 4.0).nonzero().tolist()} == want_lm
+    assert int((scene["lm_w"] != 1).sum()) == len(want_lm)
+    got = {(r, c) for r, c, w in zip(scene["at_rows"].tolist(), scene["at_cols"].tolist(), scene["at_w"]) if w == 4}
+    assert got == want_at and int((scene["at_w"] != 1).sum()) == len(want_at)
+    assert int((scene["lm_w"] == 4).sum()) > int((plain["lm_w"] == 4).sum())
+
+
 def test_kind_loss_weights_only_the_named_kinds_answers():
     from backends.tiny.batches import image_batch
     from backends.tiny.losses_v2 import weighted_lm_loss

@@ -66,8 +66,8 @@ def content_index(qi: list[int], kind: str, pos_ids: dict[int, int]) -> int:
 class Builder:
     """Accumulates sequences and their aux targets, then pads them into one batch."""
 
-    def __init__(self, voc: Vocab, color_att: bool = False, w_shared: float = 1.0):
-        self.voc, self.color_att, self.w_shared = voc, color_att, w_shared
+    def __init__(self, voc: Vocab, color_att: bool = False, w_shared: float = 1.0, shared_scope: str = "object"):
+        self.voc, self.color_att, self.w_shared, self.scene_scope = voc, color_att, w_shared, shared_scope == "scene"
         self.seqs, self.labels, self.ds, self.att, self.turns, self.cells = [], [], [], [], [], []
         self.heavy = []  # (row, position): a label position weighted w_shared (a shared-colour object's shape word)
 
@@ -104,16 +104,21 @@ class Builder:
             if kind == "describe":  # each 'a' opens an object, in reading order (= q["cells"] order)
                 opens = [j for j, t in enumerate(ans) if t == voc.a("a")]
                 colors = [ans[j + 1] for j in opens]
+                shared_scene = len(set(colors)) < len(colors)
                 for j, c, col in zip(opens, q["cells"], colors):
-                    targets.append((a0 + j, 0, c, 0, 1))  # 'a' predicts the colour: its query should find the object
                     # An object whose colour another one shares: its colour word's look-up cannot go by colour alone
                     # (the description errors that remain give it the neighbour's shape), so with w_shared its
-                    # attention target and its shape word weigh more.
-                    w = self.w_shared if colors.count(col) > 1 else 1.0
+                    # attention target and its shape word weigh more. Scope "scene": every object of a scene where
+                    # two share a colour, and its 'a' and colour word too (the errors left after that copy a
+                    # same-colour neighbour's colour onto the next object).
+                    w = self.w_shared if colors.count(col) > 1 or (self.scene_scope and shared_scene) else 1.0
+                    # 'a' predicts the colour: its query should find the object
+                    targets.append((a0 + j, 0, c, 0, 1, w) if self.scene_scope else (a0 + j, 0, c, 0, 1))
                     if self.color_att:  # the colour word predicts the shape: the same object, read again
                         targets.append((a0 + j + 1, 0, c, 0, 1, w))
                     if w != 1.0:
-                        self.heavy.append((row, a0 + j + 2))
+                        words = (1, 2) if self.scene_scope else (2,)  # colour (+1) and shape (+2) after the 'a'
+                        self.heavy += [(row, a0 + j + k) for k in words]
             for qpos, f, cell, head, layer, *w in targets:  # a target's weight (w_shared) is optional: default 1
                 slots = frame_slots[f][cells_fn(f) == cell]
                 if len(slots):
@@ -175,14 +180,15 @@ def train_scene(rng, same_color: float = 0.0):
 
 def image_batch(rng, voc: Vocab, n_img: int, turns=(1, 5), weights: dict | None = None,
                 color_att: bool = False, max_describe: int = 1, resize_aug: float = 0.0,
-                same_color: float = 0.0, w_shared: float = 1.0) -> dict:
+                same_color: float = 0.0, w_shared: float = 1.0, shared_scope: str = "object") -> dict:
     """n_img scenes, each with a 1-5 turn conversation (kinds drawn by `weights`, default IMAGE_WEIGHTS; at most
     `max_describe` descriptions); with `color_att` each described object's colour word gets an attention target too;
     a share `resize_aug` of the scenes is drawn at another size and resized to 128 px (render_train.resized), a
     share `same_color` has 2-4 objects in one or two colours; `w_shared` weighs the colour word's attention target
-    and the shape word of each described object whose colour another object shares.
+    and the shape word of each described object whose colour another object shares (`shared_scope` "scene": of
+    every object in a scene where two share a colour, its 'a' and colour word too).
     pixel_values [n_img, 3, 128, 128]."""
-    b, pix = Builder(voc, color_att, w_shared), []
+    b, pix = Builder(voc, color_att, w_shared, shared_scope), []
     n_tok = arch.IMAGE_SIZE // arch.PATCH
     for _ in range(n_img):
         objs = train_scene(rng, same_color)

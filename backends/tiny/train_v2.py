@@ -114,6 +114,9 @@ def parse_args(argv):
     p.add_argument("--w-shared", type=float, default=1.0,
                    help="weight of the colour word's attention target and the shape word of each described object "
                         "whose colour another object shares (1 = as other objects)")
+    p.add_argument("--shared-scope", choices=["object", "scene"], default="object",
+                   help="--w-shared for those objects, or for every object of a scene where two share a colour (its "
+                        "'a' and colour word too)")
     p.add_argument("--kind-loss", default=None, metavar="KIND=W,...",
                    help="weight the LM loss of these kinds' answers (default 1 each), e.g. count=3: a one-word answer "
                         "is 2 of the ~28 answer tokens a description brings")
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         parts: dict[str, float] = {}
         work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color,
                                     max_describe=args.max_describe, resize_aug=args.resize_aug,
-                                    same_color=args.same_color, w_shared=args.w_shared), 1.0)]
+                                    same_color=args.same_color, w_shared=args.w_shared,
+                                    shared_scope=args.shared_scope), 1.0)]
         work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
