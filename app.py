@@ -5,7 +5,7 @@
     python app.py eval --data FILE.jsonl [--methods a,b] [--keep R] [--json]   accuracy A/B on labelled data
     python app.py methods                                               the method table (markdown)
     python app.py calibrate-shortv [--model M] [--data FILE.jsonl]      rank layers for ShortV (stored per model)
-    python app.py train-tiny [--out DIR] [--seed N] [--init V1_DIR]     train the built-in model (stages 1-7)
+    python app.py train-tiny [--out DIR] [--seed N] [--init V1_DIR]     train the built-in model (stages 1-8)
     python app.py worker [--redis URL] [--device DEV] [--model M]       serve runs from Redis (one per GPU)
 """
 

@@ -1,7 +1,7 @@
 """v2 training batches: the start/end cell targets of direction questions follow the clip (the answer's move),
 sit on the question's shape word, and a clip with no askable question adds no NaN to the loss; resized training
 images equal the processor's output for that upload; the vision tower gets gradients only when it is trained; the KL to
-a v1 teacher is exact on its smaller vocabulary, and the pipeline hands stage 7 its v1 folder."""
+a v1 teacher is exact on its smaller vocabulary, and the pipeline hands stages 7 and 8 their v1 folder."""
 
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def test_teacher_loss_is_zero_against_itself_and_reads_a_smaller_vocabulary():
     assert torch.allclose(teacher_loss(student, teacher, b), expected, rtol=1e-4)
 
 
-def test_the_pipeline_gives_stage_7_its_v1_teacher_and_stops_without_one(tmp_path, monkeypatch):
+def test_the_pipeline_gives_stages_7_and_8_their_v1_teacher_and_stops_without_one(tmp_path, monkeypatch):
     import pytest
 
     from backends.tiny import pipeline
@@ -259,9 +259,12 @@ def test_the_pipeline_gives_stage_7_its_v1_teacher_and_stops_without_one(tmp_pat
     (v1 / "config.json").write_text("{}")
     out = str(tmp_path / "out")
     pipeline.pipeline(["--from", str(tmp_path / "s6"), "--stage", "6", "--v1", str(v1), "--out", out])
-    (stage7,) = calls
-    args = parse_args(stage7)
-    assert args.teacher == str(v1) and args.w_teach == 1 and args.teach_temp == 2 and args.threads == 1
+    stage7, stage8 = (parse_args(c) for c in calls)
+    for args in (stage7, stage8):
+        assert args.teacher == str(v1) and args.w_teach == 1 and args.teach_temp == 2 and args.threads == 1
+    assert stage7.out == out + "-v7" and stage8.init == stage7.out and stage8.out == out
+    assert (stage7.lr, stage7.w_shared, stage7.shared_scope) == (1.5e-4, 1.0, "object")
+    assert (stage8.lr, stage8.w_shared, stage8.shared_scope, stage8.record) == (3e-4, 5.0, "scene", "training_v8.json")
     with pytest.raises(SystemExit):  # no v1 folder at <out>-v1 and none given
         pipeline.pipeline(["--from", str(tmp_path / "s6"), "--stage", "6", "--out", out])
-    assert len(calls) == 1
+    assert len(calls) == 2
