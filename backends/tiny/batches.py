@@ -112,8 +112,8 @@ class Builder:
                     # two share a colour, and its 'a' and colour word too (the errors left after that copy a
                     # same-colour neighbour's colour onto the next object).
                     w = self.w_shared if colors.count(col) > 1 or (self.scene_scope and shared_scene) else 1.0
-                    # 'a' predicts the colour: its query should find the object
-                    targets.append((a0 + j, 0, c, 0, 1, w) if self.scene_scope else (a0 + j, 0, c, 0, 1))
+                    # 'a' predicts the colour: its query should find the object (weighted in the scene scope only)
+                    targets.append((a0 + j, 0, c, 0, 1, w if self.scene_scope else 1.0))
                     if self.color_att:  # the colour word predicts the shape: the same object, read again
                         targets.append((a0 + j + 1, 0, c, 0, 1, w))
                     if w != 1.0:
