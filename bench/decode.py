@@ -90,7 +90,8 @@ def main() -> None:
         per_tok, prefill = [t.per_token for t in runs], [t.prefill for t in runs]
         mem = res.memory
         kv_mid = (mem.kv_cache_bytes_prefill + mem.kv_cache_bytes) / 2
-        base = base or {"per_tok": res.timings_ms.per_token, "kv": kv_mid, "prefill": res.timings_ms.prefill}
+        base = base or {"per_tok": res.timings_ms.per_token, "kv": kv_mid, "prefill": res.timings_ms.prefill,
+                        "peak_kind": mem.peak_kind}
         vt = res.visual_tokens
         rows.append(
             f"| {name} | {', '.join(f'{k}={v:g}' for k, v in params.items()) or '-'} | {vt.kept} / "
@@ -103,7 +104,7 @@ def main() -> None:
     head = (f"# Decode: {args.shape} ({args.dtype}), {args.frames} frames, {args.tokens} new tokens (EOS ignored), "
             f"median of {args.repeats} timed runs after 1 warm-up, (min-max) over them\n\nMachine: {machine()}; "
             f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end\n\n"
-            f"{kernel_note(lm, res.memory.peak_kind)}\n\n"
+            f"{kernel_note(lm, base['peak_kind'])}\n\n"
             f"Prompt: {n_prompt} tokens ({args.frames} x {lm.adapter.tokens_per_image} visual). LLM weights read per "
             f"decode step: {w / 2**20:.0f} MB. Ideal = (weights + baseline KV) / (weights + this KV), KV mid-answer: "
             "a bandwidth model, computed, not measured. Prefill - baseline: for AirCache (same tokens) the scoring's "
