@@ -93,7 +93,10 @@ def attention_loss_at(model, emb, b, layer: int):
     cos, sin = lm.rotary_emb(x, position_ids=torch.arange(L).unsqueeze(0))
     cos, sin = cos[0], sin[0]
     kv = heads // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-    k = attn.k_proj(x[rows]).view(n, L, -1, d)[torch.arange(n), :, kv]  # [n, L, d]
+    # index_select, not x[rows]: rows repeat, and on two threads x[rows]'s backward (an accumulating index_put) adds
+    # them in a racing order (run-to-run differences of ~1e-7 that grew over a stage); index_select's backward adds them
+    # in one order, the order one thread always used.
+    k = attn.k_proj(x.index_select(0, rows)).view(n, L, -1, d)[torch.arange(n), :, kv]  # [n, L, d]
     k = k * cos + rotate_half(k) * sin
     q = attn.q_proj(x[rows, cols]).view(n, -1, d)[torch.arange(n), heads]  # [n, d]
     q = q * cos[cols] + rotate_half(q) * sin[cols]

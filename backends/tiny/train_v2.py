@@ -1,9 +1,9 @@
-"""Stages 2-7 of the built-in model (v2): grow v1 into long answers, conversations and video, then refine it.
+"""Stages 2-8 of the built-in model (v2): grow v1 into long answers, conversations and video, then refine it.
 
-    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stages 1 (v1, from scratch) to 7
+    python app.py train-tiny --out assets/tiny-llava-shapes [--resume]      # stages 1 (v1, from scratch) to 8
     python -m backends.tiny.train_v2 --init V1_DIR --out DIR [--resume]     # stage 2 from a v1 folder
-    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..7 (pipeline.LATER[K];
-                                                                            # stage 7 also --teacher V1_DIR)
+    python -m backends.tiny.train_v2 --init PREV_DIR --out DIR <STAGE_K>    # stage K = 3..8 (pipeline.LATER[K];
+                                                                            # stages 7-8 also --teacher V1_DIR)
 
 Starts from the v1 weights, grows the vocabulary (64 -> 96 rows; v1 ids unchanged, new text rows N(0, 1) like
 v1's, new output rows N(0, 0.02)) and keeps the architecture (64 visual tokens per image, CLS, 8 decoder layers).
@@ -22,12 +22,15 @@ stage before 7 used: `--resize-aug` (images drawn at 80-320 px and resized as up
 kind's answers in the LM loss), `--same-color` (scenes in one or two colours), `--teacher` (a KL to a v1 model's
 answers on extra one-turn v1-kind scenes: learning without forgetting what v1 did better), `--tower-lr-frac` (train
 the vision tower too; no stage uses it). A checkpoint for `--resume` and the model (to --out) are written at every
-evaluation; the result is the last step's model. Deterministic for a seed and thread count.
+evaluation; the result is the last step's model. Deterministic for a seed and thread count (on two threads since
+the attention aux gathers with index_select: before, its backward raced). Each step's batches are drawn ahead in a
+second process when a core is free (`--feed`, feed.py): the same batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,6 +44,7 @@ import torch
 
 from . import arch
 from .batches import IMAGE_KINDS, IMAGE_WEIGHTS, VIDEO_WEIGHTS, image_batch, video_batch
+from .feed import Feed, step_batches
 from .losses_v2 import forward, grow, losses, teacher_loss
 from .scenes import KINDS
 from .train import Vocab, add_parts, progress_log, save_model, smooth
@@ -127,6 +131,10 @@ def parse_args(argv):
     p.add_argument("--teach-temp", type=float, default=1.0, help="temperature of that KL (scaled by its square)")
     p.add_argument("--teach-images", type=int, default=8, help="one-turn v1-kind scenes per step for --teacher")
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--feed", choices=["auto", "on", "off"], default="auto",
+                   help="draw each step's batches ahead in a second process (the same batches either way); auto: "
+                        "on when --threads leaves a core free (two threads on two cores: 40 steps took 72 s with it, "
+                        "66 s without)")
     p.add_argument("--log", default=None)
     p.add_argument("--record", default="training_v2.json", help="the run's record, written into --out")
     return p.parse_args(argv)
@@ -208,29 +216,23 @@ def main(argv: list[str] | None = None) -> dict:
     check = make_check(args.seed + 2999, voc, 250, 120)
     model.train()
     log(f"# python -m backends.tiny.train_v2 {' '.join(argv)}")
-    bar = tqdm(range(start, args.steps + 1), desc="train v2", mininterval=10, disable=None)
-    for step in bar:
+    def train_step(step: int, work, tb, rng_state: dict):
+        """One optimiser step on one image batch, each clip alone and the teacher's batch; evaluates and saves the
+        model and the checkpoint (with the data generator's state after this step's draw) every --eval-every."""
         t = (step - args.warmup) / max(1, args.steps - args.warmup)
         lr = args.lr * (step / args.warmup if step <= args.warmup else
                         args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
-        # One image batch, then each clip on its own (clip lengths vary 16..768 tokens: padding them into one batch
-        # doubled the cost); gradients accumulate, clips weighted 1/clips so video counts like one batch.
+        # Each clip on its own (clip lengths vary 16..768 tokens: padding them into one batch doubled the cost);
+        # gradients accumulate, clips weighted 1/clips so video counts like one batch.
         opt.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        work = [("img", image_batch(rng, voc, args.images, weights=img_w, color_att=args.att_color,
-                                    max_describe=args.max_describe, resize_aug=args.resize_aug,
-                                    same_color=args.same_color, w_shared=args.w_shared,
-                                    shared_scope=args.shared_scope), 1.0)]
-        work += [("vid", video_batch(rng, voc, 1, kinds=kinds), 1.0 / args.clips) for _ in range(args.clips)]
         for name, b, w in work:
             loss, got = losses(model, ds_head, b, args, cell_head)
             (w * loss).backward()
             add_parts(parts, got, name, w)
-        if teacher is not None:
-            tb = image_batch(rng, voc, args.teach_images, turns=(1, 1), weights=v1_w, resize_aug=args.resize_aug,
-                             same_color=args.same_color)
+        if tb is not None:
             l_t = teacher_loss(model, teacher, tb, args.teach_temp)
             (args.w_teach * l_t).backward()
             add_parts(parts, {"teach": l_t.item()}, "img", 1.0)
@@ -254,7 +256,20 @@ def main(argv: list[str] | None = None) -> dict:
             save_model(model, processor, out)
             torch.save(dict(model=model.state_dict(), ds_head=ds_head.state_dict(), opt=opt.state_dict(),
                             cell_head=cell_head.state_dict() if cell_head is not None else None,
-                            rng=rng.bit_generator.state, step=step, curve=curve, ema=ema, minutes=minutes), ckpt)
+                            rng=rng_state, step=step, curve=curve, ema=ema, minutes=minutes), ckpt)
+
+    bar = tqdm(range(start, args.steps + 1), desc="train v2", mininterval=10, disable=None)
+    # The batches: drawn ahead in a second process (feed.py: the same batches from the same generator), or here.
+    ahead = args.feed == "on" or (args.feed == "auto" and args.threads < (os.cpu_count() or 1))
+    feed = Feed(args, img_w, kinds, v1_w, rng.bit_generator.state, start) if ahead else contextlib.nullcontext()
+    with feed:
+        for step in bar:
+            if ahead:
+                work, tb, rng_state = feed.next(step)
+            else:
+                work, tb = step_batches(rng, voc, args, img_w, kinds, v1_w)
+                rng_state = rng.bit_generator.state
+            train_step(step, work, tb, rng_state)
     minutes = (time.time() - t0) / 60
     info = dict(command="python -m backends.tiny.train_v2 " + " ".join(argv), args=vars(args),
                 seeds=dict(new_rows_and_heads=args.seed + 2, train_data=args.seed + 2000,
