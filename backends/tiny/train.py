@@ -185,7 +185,9 @@ def attention_loss(model, emb, batch, layer: int = 0, head: int = 0):
     cos, sin = lm.rotary_emb(x, position_ids=torch.arange(L).unsqueeze(0))  # (1, L, d)
     cos, sin = cos[0], sin[0]
     kv_head = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-    k = attn.k_proj(x[rows]).view(len(rows), L, -1, d)[:, :, kv_head]  # (N, L, d)
+    # index_select, not x[rows], as losses_v2 does: rows repeat, and x[rows]'s backward (an accumulating index_put)
+    # adds them in a racing order on more than one thread
+    k = attn.k_proj(x.index_select(0, rows)).view(len(rows), L, -1, d)[:, :, kv_head]  # (N, L, d)
     k = k * cos + rotate_half(k) * sin
     q = attn.q_proj(x[rows, cols]).view(len(rows), -1, d)[:, head]  # (N, d)
     q = q * cos[cols] + rotate_half(q) * sin[cols]
