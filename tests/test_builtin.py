@@ -84,24 +84,29 @@ def test_fastv_rope_bias_and_feather_fix(builtin, items):
     from backends.types import GenerationSettings, RunRequest
 
     gen = GenerationSettings(max_new_tokens=1, warmup=0)
-    fast, free, bands = [], [], []
+    fast, free, bands, differ = [], [], [], []
     for it in items[::2]:
         run = lambda name, p: runner.run(RunRequest(it["media"], it["question"], MethodSpec(name, p), gen),  # noqa
                                          builtin, S)
-        fast.append(mean_kept_row(run("fastv", {"keep": 0.25, "layer": 2}).kept_map[0]))
+        fv = run("fastv", {"keep": 0.25, "layer": 2})
+        fast.append(mean_kept_row(fv.kept_map[0]))
         # FEATHER's score alone: same layer and budget as FastV, one stage, a grid of one token
         ff = run("feather", {"keep": 0.25, "stride": 100, "stage1_layer": 2, "stage2_layer": 0})
         free.append(mean_kept_row(ff.stage_maps[0][0]))
+        differ.append(fv.kept_map[0] != ff.stage_maps[0][0])
         full = run("feather", {"keep": 0.25})  # paper settings: stage 1 keeps top-k plus every 3rd row/column
         rows = [sum(r) > 0 for r in full.stage_maps[0][0]]
         bands.append(all(any(rows[a:b]) for a, b in ((0, 3), (3, 6), (6, 8))))
     fast_mean, free_mean = sum(fast) / len(fast), sum(free) / len(free)
-    print(f"mean kept row (0 top, 7 bottom, centre 3.5): FastV {fast_mean:.2f}, RoPE-free {free_mean:.2f}")
-    # Measured on the shipped v2 weights over these 60 requests (FastV's official score): stage 8 FastV 3.65, RoPE-free
-    # 3.81 (stage 7: 3.73 and 3.73). FastV's picks sit below the image centre, but RoPE-free scoring at the same layer
-    # picks as low or lower: on this model (rope_theta 1e6, whose rotary decay over 64 image tokens is weak) the bias
-    # FEATHER corrects does not show at layer 2. (v1 showed 3.75 against 3.13.) What stays true is asserted.
-    assert fast_mean > 3.5 + 0.1, (fast_mean, free_mean)  # FastV's picks sit below the image centre
+    print(f"mean kept row (0 top, 7 bottom, centre 3.5): FastV {fast_mean:.2f}, RoPE-free {free_mean:.2f}; "
+          f"kept sets differ on {sum(differ)} of {len(differ)}")
+    # Measured over these 60 requests (FastV's official score): shipped weights (train-tiny's output) FastV 3.25,
+    # RoPE-free 4.02, kept sets different on 60 of 60; the earlier stage-8 draw 3.65 / 3.81, stage 7 3.73 / 3.73,
+    # v1 3.75 / 3.13. Which half of the image FastV favours changes from one draw of the weights to the next: on
+    # this model (rope_theta 1e6, whose rotary decay over 64 image tokens is weak) the bottom-row bias FEATHER
+    # corrects does not show at layer 2, so no side is asserted. What stays true is that the two scores are
+    # different functions of the same layer's attention.
+    assert sum(differ) >= len(differ) // 2, (sum(differ), fast_mean, free_mean)  # RoPE-free scoring is not FastV's
     assert all(bands)  # FEATHER's stage-1 tokens cover the top, middle and bottom thirds of every image
 
 
