@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     bar = tqdm(range(start, args.steps + 1), desc="train v2", mininterval=10, disable=None)
     # The batches: drawn ahead in a second process (feed.py: the same batches from the same generator), or here.
-    ahead = args.feed == "on" or (args.feed == "auto" and args.threads < (os.cpu_count() or 1))
+    # The cores this process may run on, not os.cpu_count() (a container can report the host's).
+    ahead = args.feed == "on" or (args.feed == "auto" and args.threads < len(os.sched_getaffinity(0)))
     feed = Feed(args, img_w, kinds, v1_w, rng.bit_generator.state, start) if ahead else contextlib.nullcontext()
     with feed:
         for step in bar:
